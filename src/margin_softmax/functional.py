@@ -1,0 +1,201 @@
+"""The functional core: margin cross-entropy over normalised embeddings and class centres.
+
+    cos_ij   = <x_i / |x_i|, w_j / |w_j|>                             # (N, C)
+    logit_ij = r_i * cos_ij            (j != y_i)
+    logit_iy = r_i * psi(cos_iy)       (the target; see margins.py)
+    loss     = mean_i [ logsumexp_j logit_ij - logit_iy ]
+
+with r_i = scale, or scale * |x_i| where ``scale_by_norm`` (SphereFace's original form).
+``impl`` picks how it is computed; every choice returns the same numbers:
+
+- "eager": materialises the (N, C) logits; the readable reference.
+- "chunked": blocks of classes, never holds (N, C) (see chunked.py).
+- "triton": fused GPU kernels (see kernels/).
+- "auto": triton on CUDA where it imports, chunked when N * C is large, eager otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .margins import Margin, apply_margin
+from .validation import check_embeddings, check_labels, check_scale
+
+IMPLS = ("auto", "eager", "chunked", "triton")
+REDUCTIONS = ("mean", "sum", "none")
+NORM_EPS = 1e-12  # |x| below this is treated as this (x / eps): finite gradients at x = 0
+AUTO_CHUNK_ELEMENTS = 1 << 22  # N * C above which "auto" stops materialising the logits
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """x / max(|x|, eps) row-wise; a zero row stays zero with a finite gradient."""
+    return F.normalize(x, dim=-1, eps=NORM_EPS)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax and sums run in float32 for half inputs, in the input dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def cosine_logits(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """cos (N, C) between rows of embeddings (N, D) and weight (C, D), in compute_dtype."""
+    dtype = compute_dtype(embeddings.dtype)
+    x = normalize(embeddings.to(dtype)).to(embeddings.dtype)  # norms in float32 for half
+    w = normalize(weight.to(dtype)).to(weight.dtype)
+    return (x @ w.t()).to(dtype)  # (N, C), the matmul in the input dtype
+
+
+def resolve_impl(impl: str, embeddings: torch.Tensor, num_classes: int) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    if embeddings.is_cuda:
+        from .kernels import triton_available
+
+        if triton_available():
+            return "triton"
+    if embeddings.shape[0] * num_classes > AUTO_CHUNK_ELEMENTS:
+        return "chunked"
+    return "eager"
+
+
+def margin_cross_entropy(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    scale: float,
+    m1: float = 1.0,
+    m2: float = 0.0,
+    m3: float = 0.0,
+    fallback: str | None = None,
+    straight_through: bool = False,
+    blend: float = 0.0,
+    scale_by_norm: bool = False,
+    reduction: str = "mean",
+    impl: str = "auto",
+    margin: Margin | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of scaled cosine logits with the target logit psi(cos) (margins.py).
+
+    embeddings (N, D), weight (C, D), labels (N,) int in [0, C). Margins in radians.
+    Returns the loss in the embeddings' dtype: a scalar, or (N,) for reduction="none".
+    ``margin`` (a Margin) may be passed instead of m1, m2, m3, fallback, straight_through, blend.
+    """
+    embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
+    check_embeddings(embeddings, weight)
+    labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
+    scale = check_scale(scale)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if margin is None:
+        margin = Margin(m1, m2, m3, fallback, blend, straight_through)
+    if embeddings.shape[0] == 0:
+        empty = embeddings.sum() * 0
+        return empty.expand(0) if reduction == "none" else empty
+
+    row_scale = scale * embeddings.norm(dim=1) if scale_by_norm else None  # (N,) or None
+    kind = resolve_impl(impl, embeddings, weight.shape[0])
+    if kind == "eager":
+        loss = eager_margin_cross_entropy(embeddings, weight, labels, scale, margin, row_scale)
+        loss = loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+    elif kind == "chunked":
+        from .chunked import chunked_margin_cross_entropy
+
+        loss = chunked_margin_cross_entropy(
+            embeddings, weight, labels, scale, margin, row_scale, reduction
+        )
+    else:
+        from .kernels import triton_margin_cross_entropy
+
+        loss = triton_margin_cross_entropy(
+            embeddings, weight, labels, scale, margin, row_scale, reduction
+        )
+    return loss.to(out_dtype)
+
+
+def autocast_inputs(embeddings: torch.Tensor, weight: torch.Tensor):
+    """Under autocast, cast both to the autocast dtype and return the loss in float32 (as
+    F.cross_entropy does there); otherwise leave them and return the loss in their dtype."""
+    device = embeddings.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return embeddings.to(dtype), weight.to(dtype), torch.float32
+    return embeddings, weight, embeddings.dtype
+
+
+def eager_margin_cross_entropy(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float,
+    margin: Margin,
+    row_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample losses (N,) in compute_dtype, materialising the (N, C) logits."""
+    cos = cosine_logits(embeddings, weight)  # (N, C)
+    target = labels[:, None]  # (N, 1)
+    if not margin.is_identity:
+        psi = apply_margin(cos.gather(1, target).squeeze(1), margin)  # (N,)
+        cos = cos.scatter(1, target, psi[:, None])  # (N, C), target column replaced
+    r = scale if row_scale is None else row_scale.to(cos.dtype)[:, None]  # () or (N, 1)
+    return F.cross_entropy(r * cos, labels, reduction="none")  # (N,)
+
+
+def margin_logits(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    scale: float,
+    margin: Margin | None = None,
+) -> torch.Tensor:
+    """The (N, C) logits the loss sees: scale * cos, with psi on the target where labels
+    are given (training view) and plain scale * cos where labels is None (evaluation view)."""
+    embeddings, weight, _ = autocast_inputs(embeddings, weight)
+    check_embeddings(embeddings, weight)
+    cos = cosine_logits(embeddings, weight)  # (N, C)
+    if labels is not None and margin is not None and not margin.is_identity:
+        labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
+        target = labels[:, None]  # (N, 1)
+        psi = apply_margin(cos.gather(1, target).squeeze(1), margin)
+        cos = cos.scatter(1, target, psi[:, None])
+    return scale * cos
+
+
+@torch.no_grad()
+def predict(
+    embeddings: torch.Tensor, weight: torch.Tensor, block_size: int = 65536
+) -> torch.Tensor:
+    """argmax_j cos(x_i, w_j) (N,), computed over blocks of classes: O(N * block) memory."""
+    x = normalize(embeddings)
+    best = torch.full((x.shape[0],), -float("inf"), device=x.device)
+    index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    for start in range(0, weight.shape[0], block_size):
+        cos = (x @ normalize(weight[start : start + block_size]).t()).float()  # (N, B)
+        value, arg = cos.max(dim=1)
+        better = value > best
+        best = torch.where(better, value, best)
+        index = torch.where(better, arg + start, index)
+    return index
+
+
+def softmax_cross_entropy(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Plain softmax loss: cross_entropy(x W^T + b, y), no normalisation, no margin.
+    embeddings (N, D), weight (C, D), bias (C,) or None, labels (N,)."""
+    check_embeddings(embeddings, weight)
+    labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    logits = F.linear(embeddings, weight, bias)  # (N, C)
+    logits = logits.to(compute_dtype(logits.dtype))
+    return F.cross_entropy(logits, labels, reduction=reduction).to(embeddings.dtype)

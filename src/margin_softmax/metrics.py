@@ -1,0 +1,195 @@
+"""Evaluation metrics: closed-set top-k accuracy and open-set verification metrics.
+
+Verification convention: a trial is accepted when ``score >= threshold``; label 1 (or True) is
+a target trial (same identity), label 0 a non-target trial.
+
+    FAR(t) = #{non-targets with score >= t} / #non-targets   (false-accept rate, P_fa)
+    FRR(t) = #{targets with score < t} / #targets            (false-reject rate, P_miss)
+
+All verification metrics sort the scores once (O(n log n) time, O(n) memory), so 10 million
+trials are fine. Trials with equal scores always move together across a threshold.
+
+DET curves: ``roc_points`` returns (FAR, FRR), which is exactly what a DET plot shows; mapping
+the axes through the probit (``scipy.stats.norm.ppf``) is the caller's job, so there is no
+separate ``det_points``.
+
+Inputs may be NumPy arrays, lists or torch tensors (converted with ``.detach().cpu()``); torch
+is never imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """Convert an array-like or a torch tensor (any device, any grad state) to a NumPy array."""
+    if hasattr(x, "detach"):
+        x = x.detach()
+    if hasattr(x, "cpu"):
+        x = x.cpu()
+    if str(getattr(x, "dtype", "")) == "torch.bfloat16":  # NumPy has no bfloat16
+        x = x.float()
+    return np.asarray(x)
+
+
+def _check_finite(name: str, x: np.ndarray) -> None:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i = int(np.flatnonzero(bad.ravel())[0])
+        raise ValueError(f"{name} must be finite; found {x.ravel()[i]} at index {i}")
+
+
+def _check_trials(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate verification trials; return scores (n,) float and labels (n,) bool."""
+    s = _to_numpy(scores)
+    y = _to_numpy(labels)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D; got shape {s.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D; got shape {y.shape}")
+    if s.size == 0:
+        raise ValueError("scores is empty; need at least one target and one non-target trial")
+    if s.shape != y.shape:
+        raise ValueError(
+            f"scores and labels must have the same length; got len(scores)={s.size}, "
+            f"len(labels)={y.size}"
+        )
+    if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)):
+        raise ValueError(f"scores must be real numbers; got dtype {s.dtype}")
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
+    _check_finite("scores", s)
+    if y.dtype != np.bool_:
+        if not (np.issubdtype(y.dtype, np.number)):
+            raise ValueError(f"labels must be 0/1 or bool; got dtype {y.dtype}")
+        ok = (y == 0) | (y == 1)
+        if not ok.all():
+            bad = y[~ok][0]
+            raise ValueError(f"labels must contain only 0 and 1 (or bool); found {bad}")
+        y = y == 1
+    n_tar = int(np.count_nonzero(y))
+    if n_tar == 0 or n_tar == y.size:
+        raise ValueError(
+            "labels must contain both targets (1) and non-targets (0); got "
+            f"{n_tar} targets and {y.size - n_tar} non-targets"
+        )
+    return s, y
+
+
+def accuracy(scores: Any, labels: Any, topk: Sequence[int] = (1,)) -> list[float]:
+    """Closed-set top-k accuracy for each k in ``topk``.
+
+    scores (N, C) class scores (logits, cosines, ...), labels (N,) ints in [0, C).
+    A sample counts as correct for k when rank < k, where rank = #{c != y : s_c >= s_y}.
+    Ties therefore count against the true class: constant scores give accuracy 0 for k < C.
+    """
+    s = _to_numpy(scores)
+    y = _to_numpy(labels)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be 2-D (N, C); got shape {s.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D (N,); got shape {y.shape}")
+    n, c = s.shape
+    if n == 0:
+        raise ValueError("scores is empty; need at least one sample")
+    if y.size != n:
+        raise ValueError(
+            f"scores and labels must have the same length; got len(scores)={n}, "
+            f"len(labels)={y.size}"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers; got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= c:
+        bad = y[(y < 0) | (y >= c)][0]
+        raise ValueError(f"labels must lie in [0, {c}); found {bad}")
+    _check_finite("scores", s)
+    ks = list(topk)
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= c:
+            raise ValueError(f"topk entries must be integers in [1, {c}]; got {k!r}")
+    true_score = s[np.arange(n), y][:, None]  # (N, 1)
+    rank = (s >= true_score).sum(axis=1) - 1  # (N,) classes other than y scoring >= s_y
+    return [float(np.mean(rank < k)) for k in ks]
+
+
+def roc_points(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FAR and FRR at every distinct threshold.
+
+    scores (n,), labels (n,) 1 target / 0 non-target. Returns far, frr, thresholds, each (m + 1,)
+    for m distinct scores: thresholds[0] = +inf (accept nothing: FAR 0, FRR 1), then the distinct
+    scores in decreasing order (the last accepts everything: FAR 1, FRR 0). FAR is
+    non-decreasing and FRR non-increasing along the arrays. TPR = 1 - FRR.
+    """
+    s, y = _check_trials(scores, labels)
+    order = np.argsort(s)[::-1]  # (n,) decreasing score
+    s_sorted = s[order]  # (n,)
+    tp = np.cumsum(y[order], dtype=np.int64)  # (n,) targets accepted at each position
+    del order
+    ends = np.flatnonzero(s_sorted[1:] != s_sorted[:-1])  # last index of each run of ties
+    ends = np.append(ends, s.size - 1)  # (m,)
+    tp = tp[ends]  # (m,)
+    fp = ends + 1 - tp  # (m,)
+    n_tar = tp[-1]
+    n_non = fp[-1]
+    far = np.concatenate(([0.0], fp / n_non))  # (m + 1,)
+    frr = np.concatenate(([1.0], (n_tar - tp) / n_tar))  # (m + 1,)
+    thresholds = np.concatenate(([np.inf], s_sorted[ends].astype(np.float64)))  # (m + 1,)
+    return far, frr, thresholds
+
+
+def eer(scores: Any, labels: Any) -> float:
+    """Equal error rate as a fraction (0.031 means 3.1 %).
+
+    Walks the ROC points of ``roc_points`` (including the accept-nothing point (0, 1)) to the
+    first point i with FAR_i >= FRR_i and intersects the straight segment from point i-1 to
+    point i in the (FAR, FRR) plane with the line FAR = FRR:
+    t = d_{i-1} / (d_{i-1} - d_i), d = FAR - FRR, EER = FAR_{i-1} + t (FAR_i - FAR_{i-1}).
+    Perfect separation gives 0, perfectly inverted scores give 1.
+    """
+    far, frr, _ = roc_points(scores, labels)
+    d = far - frr  # (m + 1,) non-decreasing from -1 (accept nothing) to +1
+    i = int(np.argmax(d >= 0))
+    d0, d1 = d[i - 1], d[i]
+    t = d0 / (d0 - d1)
+    return float(far[i - 1] + t * (far[i] - far[i - 1]))
+
+
+def min_dcf(
+    scores: Any,
+    labels: Any,
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> float:
+    """Normalised minimum detection cost (NIST SRE / VoxCeleb convention).
+
+    min over thresholds t of  c_miss p_target P_miss(t) + c_fa (1 - p_target) P_fa(t),
+    divided by  min(c_miss p_target, c_fa (1 - p_target))  (the cost of the best trivial system).
+    The minimum includes accepting nothing and accepting everything. scores (n,), labels (n,).
+    """
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must lie in (0, 1); got {p_target}")
+    if not (np.isfinite(c_miss) and c_miss > 0):
+        raise ValueError(f"c_miss must be a positive finite number; got {c_miss}")
+    if not (np.isfinite(c_fa) and c_fa > 0):
+        raise ValueError(f"c_fa must be a positive finite number; got {c_fa}")
+    far, frr, _ = roc_points(scores, labels)
+    cost = c_miss * p_target * frr + c_fa * (1.0 - p_target) * far  # (m + 1,)
+    return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+def tar_at_far(scores: Any, labels: Any, far: float = 1e-3) -> float:
+    """Largest true-accept rate TAR = 1 - FRR over thresholds with FAR <= ``far``.
+
+    scores (n,), labels (n,). Accepting nothing (TAR 0) always qualifies, so the result is in
+    [0, 1]. With few non-targets FAR moves in steps of 1 / #non-targets.
+    """
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far must lie in [0, 1]; got {far}")
+    far_pts, frr, _ = roc_points(scores, labels)
+    i = int(np.searchsorted(far_pts, far, side="right")) - 1  # last point with FAR <= far
+    return float(1.0 - frr[i])

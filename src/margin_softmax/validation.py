@@ -1,0 +1,69 @@
+"""Input checks shared by every path: a clear ValueError/TypeError that names the argument
+and the bad value, instead of a silent NaN, a device assert or a C++ traceback."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_scale(scale: float, name: str = "scale") -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"{name} must be a positive float, got {scale!r}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{name} must be a finite float > 0, got {scale!r}")
+    return float(scale)
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise if ``tensor`` holds NaN or inf (one reduction; a host sync on GPU)."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = tensor[~torch.isfinite(tensor)].flatten()[0].item()
+        raise ValueError(f"{name} contains non-finite values (e.g. {bad}); check the inputs")
+
+
+def check_embeddings(embeddings: torch.Tensor, weight: torch.Tensor) -> None:
+    """embeddings (N, D) and weight (C, D): float tensors of one dtype and device."""
+    if not isinstance(embeddings, torch.Tensor):
+        raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+    if embeddings.dim() != 2:
+        raise ValueError(f"embeddings must be 2-D (N, D), got shape {tuple(embeddings.shape)}")
+    if not embeddings.is_floating_point():
+        raise TypeError(f"embeddings must be a float tensor, got dtype {embeddings.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (C, D), got shape {tuple(weight.shape)}")
+    if embeddings.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"embeddings have size {embeddings.shape[1]} in dim 1 but weight expects "
+            f"embedding_dim={weight.shape[1]} (embeddings shape {tuple(embeddings.shape)}, "
+            f"weight shape {tuple(weight.shape)})"
+        )
+    if embeddings.dtype != weight.dtype:
+        raise TypeError(
+            f"embeddings dtype {embeddings.dtype} differs from weight dtype {weight.dtype}"
+        )
+    if embeddings.device != weight.device:
+        raise ValueError(
+            f"embeddings are on {embeddings.device} but weight is on {weight.device}"
+        )
+    check_finite("embeddings", embeddings)
+
+
+def check_labels(labels: torch.Tensor, num_samples: int, num_classes: int) -> torch.Tensor:
+    """labels: int (N,) class indices in [0, num_classes). Returns them as int64."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != num_samples:
+        raise ValueError(
+            f"labels must have shape ({num_samples},) to match the embeddings, "
+            f"got shape {tuple(labels.shape)}"
+        )
+    if num_samples:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"labels must be in [0, {num_classes}), got label {bad}")
+    return labels.long()
