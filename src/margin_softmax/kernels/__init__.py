@@ -1,19 +1,72 @@
 """Triton kernels. Importing this package never imports triton; triton_available() says
-whether the kernels can run (triton importable and a CUDA device, or TRITON_INTERPRET=1)."""
+whether the kernels can run (triton importable and a CUDA device, or TRITON_INTERPRET=1).
+The design is in docs/triton.md."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 
+import torch
+
+from ..margins import Margin
+
+
+def _interpreter_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
 
 def triton_available() -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
-    import torch
-
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    return torch.cuda.is_available() or _interpreter_requested()
 
 
-def triton_margin_cross_entropy(*args, **kwargs):
-    raise NotImplementedError("the Triton path is not built yet; use impl='eager'")
+def triton_margin_cross_entropy(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float,
+    margin: Margin,
+    row_scale: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """margin_cross_entropy (functional.py) by the fused kernels, without the (N, C) logits.
+
+    embeddings (N, D) and weight (C, D) float32/bfloat16/float16 on one CUDA device (or CPU
+    under TRITON_INTERPRET=1), labels (N,) int64, row_scale (N,) or None (use ``scale``).
+    Returns the loss in float32 (float64 for float64 inputs, which go to the chunked path:
+    the kernels accumulate in float32): a scalar, or (N,) for reduction="none".
+    """
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("impl='triton' needs the triton package (pip install triton); "
+                         "use impl='chunked' or impl='eager'")
+    if not embeddings.is_cuda and not _interpreter_requested():
+        raise ValueError(f"impl='triton' needs CUDA tensors, got embeddings on "
+                         f"{embeddings.device}; use impl='chunked' on the CPU, or set "
+                         "TRITON_INTERPRET=1 before importing triton to run the kernels in "
+                         "Triton's (slow) interpreter")
+    if embeddings.dtype == torch.float64:
+        from ..chunked import chunked_margin_cross_entropy
+
+        return chunked_margin_cross_entropy(embeddings, weight, labels, scale, margin,
+                                            row_scale, reduction)
+
+    from .config import interpreted
+    from .function import MarginCrossEntropyRows
+
+    if not embeddings.is_cuda and not interpreted():
+        raise ValueError("the Triton kernels were compiled for the GPU (TRITON_INTERPRET was "
+                         "unset when they were first imported); CPU tensors need "
+                         "TRITON_INTERPRET=1 set before that import")
+    from ..functional import normalize
+
+    x_hat = normalize(embeddings.float())  # (N, D), norms in float32 as eager does
+    if row_scale is None:
+        r = torch.full((embeddings.shape[0],), scale, device=embeddings.device)
+    else:
+        r = row_scale.float()  # (N,), keeps its autograd history (scale * |x|)
+    loss = MarginCrossEntropyRows.apply(x_hat, weight, r, labels, margin)  # (N,)
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
