@@ -1,0 +1,157 @@
+"""The base of the heads that materialise the (N, C) logits, and the per-sample margin math.
+
+These heads do not fit the functional core's one Margin per batch: their target transform
+differs from sample to sample (AdaFace, MagFace, ElasticFace), they change non-target logits
+(CurricularFace, SubCenterArcFace's hard negatives) or they pool sub-centres
+(SubCenterArcFace). Each builds its (N, C) training logits in plain PyTorch and takes the
+cross-entropy over them; they do not run through the chunked or Triton paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..functional import autocast_inputs, cosine_logits
+from ..margins import clamp_eps
+from ..validation import check_embeddings, check_labels, check_scale
+from .base import ClassCentresHead
+
+EAGER_IMPLS = ("auto", "eager")
+ARC_FALLBACKS = ("none", "seed", "continuous", "easy")
+
+
+class _SinFromCos(torch.autograd.Function):
+    """sqrt(1 - c^2) with the derivative -c / sqrt(1 - c^2) taken at c clamped to
+    +-(1 - eps): finite at c = +-1, as margins.py does for psi'."""
+
+    @staticmethod
+    def forward(ctx, cos: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos)
+        return torch.sqrt((1 - cos * cos).clamp_min(0))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (cos,) = ctx.saved_tensors
+        eps = clamp_eps(cos.dtype)
+        c = cos.clamp(-1 + eps, 1 - eps)
+        return grad * (-c / torch.sqrt(1 - c * c))
+
+
+def sin_from_cos(cos: torch.Tensor) -> torch.Tensor:
+    """sin(theta) = sqrt(1 - cos^2) for theta in [0, pi], with a finite gradient at +-1."""
+    return _SinFromCos.apply(cos.clamp(-1.0, 1.0))
+
+
+def cos_plus_angle(cos: torch.Tensor, m: torch.Tensor | float) -> torch.Tensor:
+    """cos(theta + m) = cos * cos(m) - sin(theta) * sin(m), elementwise; m a float or a
+    tensor broadcastable to cos (per-sample margins, with autograd through m too)."""
+    m = torch.as_tensor(m, dtype=cos.dtype, device=cos.device)
+    return cos.clamp(-1.0, 1.0) * torch.cos(m) - sin_from_cos(cos) * torch.sin(m)
+
+
+def arc_margin(cos: torch.Tensor, m: torch.Tensor | float, fallback: str) -> torch.Tensor:
+    """ArcFace's target cos(theta + m) with a per-sample m (N,) and margins.py's fallbacks:
+    "none" (as it is), "seed" (cos - m sin m where theta + m >= pi), "continuous"
+    (cos - (1 - cos m) there), "easy" (plain cos where cos <= 0)."""
+    m = torch.as_tensor(m, dtype=cos.dtype, device=cos.device)
+    value = cos_plus_angle(cos, m)  # (N,)
+    c = cos.clamp(-1.0, 1.0)
+    if fallback == "easy":
+        return torch.where(c > 0, value, c)
+    beyond = c <= torch.cos(math.pi - m.detach())  # theta + m >= pi
+    if fallback == "seed":
+        return torch.where(beyond, c - m * torch.sin(m), value)
+    if fallback == "continuous":
+        return torch.where(beyond, c - (1 - torch.cos(m)), value)
+    return value
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_float(name: str, value, low: float = -math.inf, high: float = math.inf,
+                low_open: bool = False, high_open: bool = False) -> float:
+    """value as a float in the interval [low, high] (ends open where asked)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {value!r}")
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if not math.isfinite(value) or below or above:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a finite float in {interval}, got {value!r}")
+    return float(value)
+
+
+class EagerHead(ClassCentresHead):
+    """A scaled-cosine head whose loss is cross_entropy(training_logits, labels) over the
+    materialised (N, C) logits. Subclasses define ``training_logits`` (a pure function of
+    the cosines and the current state) and, for adaptive state, ``update_state`` (called
+    under no_grad in training mode only, before the logits: eval mode freezes the state)."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, scale: float, impl: str):
+        check_choice("impl", impl, EAGER_IMPLS)  # these heads have one path: eager
+        super().__init__(embedding_dim, num_classes, impl=impl)
+        self.scale = check_scale(scale)
+
+    def cosine(self, embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(N, C) cosines between the embeddings and the class centres."""
+        return cosine_logits(embeddings, weight)
+
+    def update_state(self, cos: torch.Tensor, labels: torch.Tensor, embeddings: torch.Tensor):
+        """Update EMAs / adaptive parameters from a training batch (no gradient)."""
+
+    def training_logits(
+        self, cos: torch.Tensor, labels: torch.Tensor, embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        """The (N, C) scaled logits the cross-entropy sees."""
+        raise NotImplementedError
+
+    def extra_loss(self, embeddings: torch.Tensor) -> torch.Tensor | float:
+        """A term added to the cross-entropy (MagFace's regulariser); 0 by default."""
+        return 0.0
+
+    def _inputs(self, embeddings: torch.Tensor, labels: torch.Tensor | None):
+        embeddings, weight, out_dtype = autocast_inputs(embeddings, self.weight)
+        check_embeddings(embeddings, weight)
+        if labels is not None:
+            labels = check_labels(labels, embeddings.shape[0], self.num_classes)
+        return embeddings, weight, labels, out_dtype
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeddings, weight, labels, out_dtype = self._inputs(embeddings, labels)
+        if embeddings.shape[0] == 0:
+            return (embeddings.sum() * 0 + weight.sum() * 0).to(out_dtype)
+        cos = self.cosine(embeddings, weight)  # (N, C)
+        if self.training:
+            with torch.no_grad():
+                self.update_state(cos.detach(), labels, embeddings.detach())
+        logits = self.training_logits(cos, labels, embeddings)  # (N, C)
+        loss = F.cross_entropy(logits, labels) + self.extra_loss(embeddings)
+        return loss.to(out_dtype)
+
+    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None):
+        """(N, C) logits: the training view (margins, current state, no update) where labels
+        are given, scale * cos otherwise."""
+        embeddings, weight, labels, _ = self._inputs(embeddings, labels)
+        cos = self.cosine(embeddings, weight)  # (N, C)
+        if labels is None:
+            return self.scale * cos
+        return self.training_logits(cos, labels, embeddings)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale}"
+
+
+def replace_target(cos: torch.Tensor, labels: torch.Tensor, target: torch.Tensor):
+    """cos (N, C) with column labels[i] of row i replaced by target[i] (autograd-safe)."""
+    return cos.scatter(1, labels[:, None], target[:, None].to(cos.dtype))
+
+
+def target_of(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """cos[i, labels[i]] (N,)."""
+    return cos.gather(1, labels[:, None]).squeeze(1)
