@@ -1,0 +1,96 @@
+"""AdaCos (Zhang et al., CVPR 2019): NormFace with an adaptive scale and no margin.
+
+    fixed:    s = sqrt(2) * log(C - 1)
+    dynamic:  B_avg = (1/N) sum_i sum_{j != y_i} exp(s_old * cos_ij)
+              theta_med = median_i theta_{i,y_i}
+              s = log(B_avg) / cos(min(pi/4, theta_med))
+
+The dynamic update runs on every training-mode forward, before the loss (which then uses the
+new s), without gradient; the loss itself goes through the functional core (any impl).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..functional import AUTO_CHUNK_ELEMENTS, normalize
+from ..margins import Margin
+from ..validation import check_embeddings, check_labels, check_scale
+from .base import MarginHead
+
+
+class AdaCos(MarginHead):
+    """AdaCos. scale=None starts from the paper's fixed s = sqrt(2) log(C - 1);
+    dynamic=False keeps the scale fixed (the paper's "fixed AdaCos").
+    The current scale is the buffer ``adaptive_scale`` (saved in state_dict); ``scale``
+    reads it as a float."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        *,
+        scale: float | None = None,
+        dynamic: bool = True,
+        impl: str = "auto",
+    ) -> None:
+        initial = 1.0 if scale is None else scale  # the fixed s is set below, once C is checked
+        super().__init__(embedding_dim, num_classes, scale=initial, impl=impl)
+        if num_classes < 3:
+            raise ValueError(
+                f"num_classes must be >= 3 for AdaCos (s = sqrt(2) log(C - 1) > 0), "
+                f"got {num_classes!r}"
+            )
+        if scale is None:
+            self.scale = math.sqrt(2) * math.log(num_classes - 1)
+        self.dynamic = dynamic
+
+    @property
+    def scale(self) -> float:
+        return float(self.adaptive_scale)
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        value = check_scale(value)
+        if "adaptive_scale" in self._buffers:
+            self.adaptive_scale.fill_(value)
+        else:
+            self.register_buffer("adaptive_scale", torch.tensor(value, dtype=torch.float64))
+
+    def margin_spec(self) -> Margin:
+        return Margin()
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dynamic and embeddings.shape[0] > 0:
+            self.update_scale(embeddings, labels)
+        return super().forward(embeddings, labels)
+
+    @torch.no_grad()
+    def update_scale(self, embeddings: torch.Tensor, labels: torch.Tensor) -> float:
+        """The dynamic update from one batch; returns the new scale. B_avg is accumulated as
+        a log-sum-exp over blocks of classes (no (N, C) matrix, no overflow); a batch whose
+        update is not a finite positive number leaves the scale unchanged."""
+        check_embeddings(embeddings, self.weight)
+        labels = check_labels(labels, embeddings.shape[0], self.num_classes)
+        x = normalize(embeddings.float() if embeddings.dtype != torch.float64 else embeddings)
+        w = self.weight.to(x.dtype)
+        n, s_old = x.shape[0], self.scale
+        block = max(1, AUTO_CHUNK_ELEMENTS // n)
+        lse = torch.full((), -math.inf, dtype=x.dtype, device=x.device)
+        for start in range(0, self.num_classes, block):
+            cos = x @ normalize(w[start : start + block]).t()  # (N, B)
+            inside = (labels >= start) & (labels < start + cos.shape[1])  # target in block
+            cos[inside, (labels - start)[inside]] = -math.inf
+            lse = torch.logaddexp(lse, torch.logsumexp(s_old * cos, dim=(0, 1)))
+        log_b_avg = lse - math.log(n)
+        cos_target = (x * normalize(w[labels])).sum(1).clamp(-1.0, 1.0)  # (N,)
+        theta_med = torch.acos(cos_target).median()
+        new = float(log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4)))
+        if math.isfinite(new) and new > 0:
+            self.scale = new
+        return self.scale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dynamic={self.dynamic}"

@@ -1,0 +1,85 @@
+"""MagFace (Meng et al., CVPR 2021): an ArcFace margin that grows with the feature magnitude,
+plus a regulariser that rewards large magnitudes, so |x| learns to measure quality.
+
+    a_i  = clip(|x_i|, l_a, u_a)                        (with gradient, inside the bounds)
+    m(a) = l_margin + (u_margin - l_margin) * (a - l_a) / (u_a - l_a)
+    g(a) = 1 / a + a / u_a^2
+    loss = cross_entropy(s * [cos(theta_y + m(a_i)) on the target, cos elsewhere])
+           + lambda_g * mean_i g(a_i)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from .eager import EagerHead, arc_margin, check_choice, check_float, replace_target, target_of
+
+
+class MagFace(EagerHead):
+    """MagFace with the official defaults (s = 64, l_a = 10, u_a = 110, l_margin = 0.45,
+    u_margin = 0.8, lambda_g = 35 from run/run.sh; easy margin, as the official MagLinear).
+    fallback: "easy" (official default: no margin where cos <= 0) or "seed" (its
+    easy_margin=False branch: cos - m sin m past theta + m = pi). No running state."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        *,
+        scale: float = 64.0,
+        l_a: float = 10.0,
+        u_a: float = 110.0,
+        l_margin: float = 0.45,
+        u_margin: float = 0.8,
+        lambda_g: float = 35.0,
+        fallback: str = "easy",
+        impl: str = "eager",
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+        self.l_a = check_float("l_a", l_a, 0.0, low_open=True)
+        self.u_a = check_float("u_a", u_a, self.l_a, low_open=True)
+        self.l_margin = check_float("l_margin", l_margin, 0.0, math.pi, high_open=True)
+        self.u_margin = check_float("u_margin", u_margin, self.l_margin, math.pi, high_open=True)
+        self.lambda_g = check_float("lambda_g", lambda_g, 0.0)
+        check_choice("fallback", fallback, ("easy", "seed"))
+        self.fallback = fallback
+        if 0 < self.lambda_g < self.min_lambda_g:
+            warnings.warn(
+                f"lambda_g={lambda_g} is below {self.min_lambda_g:.3g}, the bound under which "
+                "the paper's convexity argument (and the official trainer's check) fails",
+                stacklevel=2,
+            )
+
+    @property
+    def min_lambda_g(self) -> float:
+        """s k u_a^2 l_a^2 / (u_a^2 - l_a^2), k the margin's slope: the official lower bound."""
+        k = (self.u_margin - self.l_margin) / (self.u_a - self.l_a)
+        return self.scale * k * self.u_a**2 * self.l_a**2 / (self.u_a**2 - self.l_a**2)
+
+    def magnitudes(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """a_i = clip(|x_i|, l_a, u_a) (N,), differentiable inside the bounds."""
+        return embeddings.norm(dim=1).clamp(self.l_a, self.u_a)
+
+    def margins(self, a: torch.Tensor) -> torch.Tensor:
+        """m(a), linear from l_margin at l_a to u_margin at u_a (N,)."""
+        slope = (self.u_margin - self.l_margin) / (self.u_a - self.l_a)
+        return self.l_margin + slope * (a - self.l_a)
+
+    def training_logits(self, cos, labels, embeddings):
+        m = self.margins(self.magnitudes(embeddings).to(cos.dtype))  # (N,)
+        psi = arc_margin(target_of(cos, labels), m, self.fallback)  # (N,)
+        return self.scale * replace_target(cos, labels, psi)
+
+    def extra_loss(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """lambda_g * mean_i g(a_i), g(a) = 1/a + a/u_a^2."""
+        a = self.magnitudes(embeddings)
+        return self.lambda_g * (1 / a + a / self.u_a**2).mean()
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, l_a={self.l_a}, u_a={self.u_a}, "
+            f"l_margin={self.l_margin}, u_margin={self.u_margin}, lambda_g={self.lambda_g}"
+        )
