@@ -1,0 +1,79 @@
+"""Partial FC without moving the rows that were not sampled.
+
+A plain optimizer step moves every row of the head's weight, sampled or not: weight decay
+shrinks it and momentum (or Adam's moments) keeps pushing it with old gradients. This
+wrapper runs the wrapped optimizer's own step on the sampled rows only:
+
+    sub = weight[rows]; sub.grad = weight.grad[rows]; state(sub) = state(weight)[rows]
+    optimizer.step()          # with sub standing in for weight in its param group
+    weight[rows] = sub; state(weight)[rows] = state(sub)
+
+so the other rows and their optimizer state stay bit-for-bit unchanged, whatever the rule
+(SGD, momentum, weight decay, Adam, AdamW). State tensors shaped like the weight are sliced;
+other state (Adam's step count) is shared by the whole weight. Every other parameter of the
+optimizer (the backbone) takes its usual step in the same call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SampledRowsOptimizer:
+    """Wraps ``optimizer`` so that ``head.weight`` moves only at ``head.sampled_rows``
+    (all rows when that is None). Use it where you would use the optimizer; give the wrapped
+    optimizer itself to learning-rate schedulers."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, head: nn.Module) -> None:
+        self.optimizer, self.head = optimizer, head
+        self.group = next(
+            (g for g in optimizer.param_groups if any(p is head.weight for p in g["params"])),
+            None,
+        )
+        if self.group is None:
+            raise ValueError("the head's weight is not among the optimizer's parameters")
+
+    def __getattr__(self, name: str):  # zero_grad, state_dict, param_groups, ...
+        return getattr(self.optimizer, name)
+
+    def step(self, closure=None):
+        rows, weight = self.head.sampled_rows, self.head.weight
+        if rows is None or weight.grad is None:
+            return self.optimizer.step(closure)
+        params = self.group["params"]
+        slot = next(i for i, p in enumerate(params) if p is weight)
+        state = self.optimizer.state.pop(weight, {})
+        sub = nn.Parameter(weight.detach()[rows])  # (K, D)
+        sub.grad = weight.grad[rows]
+        self.optimizer.state[sub] = {k: _rows(v, weight, rows) for k, v in state.items()}
+        params[slot] = sub
+        try:
+            return self.optimizer.step(closure)
+        finally:
+            params[slot] = weight
+            sub_state = self.optimizer.state.pop(sub, {})
+            with torch.no_grad():
+                weight[rows] = sub
+                for key, value in sub_state.items():
+                    state[key] = _put_rows(state.get(key), value, weight, rows)
+            self.optimizer.state[weight] = state
+
+
+def _rows(value, weight: torch.Tensor, rows: torch.Tensor):
+    """The sampled rows of a state tensor shaped like the weight; other state as it is."""
+    if torch.is_tensor(value) and value.shape == weight.shape:
+        return value[rows]
+    return value
+
+
+def _put_rows(full, value, weight: torch.Tensor, rows: torch.Tensor):
+    """Write the sub-state back: row-shaped tensors into their rows (zeros elsewhere when the
+    state is new), anything else replaces the old value."""
+    if not (torch.is_tensor(value) and value.dim() == 2 and value.shape[0] == rows.numel()
+            and value.shape[1:] == weight.shape[1:]):
+        return value
+    if full is None or not torch.is_tensor(full) or full.shape != weight.shape:
+        full = torch.zeros(weight.shape, dtype=value.dtype, device=value.device)
+    full[rows] = value
+    return full

@@ -1,0 +1,108 @@
+"""Margin cross-entropy with the classes sharded across ranks, as one autograd.Function.
+
+Rank r holds the rows W_r (C_r, D) of its classes and its own embeddings x_r (n_r, D).
+
+forward, on every rank:
+    X      = all-gather of every rank's embeddings                     # (N, D), N = sum n_r
+    x_hat  = X / |X|
+    t_i    = r * psi(cos(x_hat_i, w_{y_i}))  on the rank owning y_i     # (N,)
+    lse_i  = logsumexp over ranks of shard_logsumexp(x_hat, W_r, ...)  # (N,), exact
+    loss   = mean_i (lse_i - t_i)       the same value on every rank
+
+backward, on every rank:
+    shard_gradients with the global lse gives dloss/dW_r (exact) and this shard's share of
+    dloss/dx_hat for all N rows; the shares are summed over ranks with a reduce-scatter that
+    returns each rank its own rows, and go through the normalisation of x.
+
+The gradient returned for x_r is ``world_size * dloss/dx_r``: a backbone wrapped in
+DistributedDataParallel averages its gradients over the W ranks, so it then receives
+exactly the gradient of the global mean loss (see docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..chunked import shard_gradients, shard_logsumexp
+from ..chunked.unit_rows import unit_rows, unit_rows_backward
+from ..functional import compute_dtype
+from ..margins import Margin
+from .comm import all_gather_stack, gather_rows, rank_and_world_size, reduce_scatter_rows
+from .handshake import BatchLayout
+
+
+def _target_logits(x_hat, weight, local_target, scale: float, margin: Margin):
+    """(t, dpsi), both (N,): scale * psi(cos_it) and psi'(cos_it) where this rank owns the
+    target (local_target >= 0), zeros elsewhere."""
+    t, dpsi = torch.zeros_like(x_hat[:, 0]), torch.zeros_like(x_hat[:, 0])  # (N,)
+    owned = (local_target >= 0).nonzero().squeeze(1)  # (M,)
+    if owned.numel():
+        w_hat, _ = unit_rows(weight[local_target[owned]].to(x_hat.dtype))  # (M, D)
+        # round like the matmul in shard_logsumexp, which runs in weight's dtype
+        x_mm = x_hat[owned].to(weight.dtype).to(x_hat.dtype)
+        cos = (x_mm * w_hat.to(weight.dtype).to(x_hat.dtype)).sum(1)  # (M,)
+        psi, grad = margin.psi_and_grad(cos)
+        t[owned], dpsi[owned] = scale * psi, grad
+    return t, dpsi
+
+
+class ShardedMarginCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, embeddings, weight, local_target, layout, scale, margin, group, block_size):
+        with torch.autocast(embeddings.device.type, enabled=False):
+            acc = compute_dtype(embeddings.dtype)
+            x_hat, _ = unit_rows(gather_rows(embeddings, layout.sizes, group).to(acc))  # (N, D)
+            n = layout.total
+            t, dpsi = _target_logits(x_hat, weight, local_target, scale, margin)
+            r = torch.full((n,), scale, dtype=acc, device=x_hat.device)  # (N,)
+            lse_here = shard_logsumexp(x_hat, weight, local_target, t, r, block_size)  # (N,)
+            partial = torch.cat([lse_here.to(acc), t.sum()[None]])  # (N + 1,)
+            table = all_gather_stack(partial, group)  # (W, N + 1), the same on every rank
+            lse = table[:, :n].logsumexp(0)  # (N,)
+            loss = (lse.sum() - table[:, n].sum()) / n
+        ctx.save_for_backward(embeddings, weight, local_target, x_hat, t, dpsi, lse)
+        ctx.layout, ctx.scale, ctx.group, ctx.block_size = layout, scale, group, block_size
+        return loss.to(embeddings.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        embeddings, weight, local_target, x_hat, t, dpsi, lse = ctx.saved_tensors
+        layout, group = ctx.layout, ctx.group
+        with torch.autocast(grad_output.device.type, enabled=False):
+            n = layout.total
+            r = torch.full((n,), ctx.scale, dtype=x_hat.dtype, device=x_hat.device)
+            row_grad = (grad_output.to(x_hat.dtype) / n).expand(n)  # (N,)
+            d_x_hat, d_weight, _ = shard_gradients(
+                x_hat, weight, local_target, t, dpsi, r, lse, row_grad, ctx.block_size
+            )
+            d_embeddings = None
+            if layout.embeddings_need_grad:  # the same decision on every rank
+                rank, world = rank_and_world_size(group)
+                d_mine = reduce_scatter_rows(d_x_hat, layout.sizes, group)  # (n_r, D)
+                start = sum(layout.sizes[:rank])
+                mine = slice(start, start + layout.sizes[rank])
+                norm = embeddings.to(x_hat.dtype).norm(dim=1)  # (n_r,)
+                d_embeddings = unit_rows_backward(d_mine, x_hat[mine], norm) * world
+                d_embeddings = d_embeddings.to(embeddings.dtype)
+        if not ctx.needs_input_grad[0]:
+            d_embeddings = None
+        return d_embeddings, d_weight, None, None, None, None, None, None
+
+
+def sharded_margin_cross_entropy(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    local_target: torch.Tensor,
+    layout: BatchLayout,
+    scale: float,
+    margin: Margin,
+    group=None,
+    block_size: int | None = None,
+) -> torch.Tensor:
+    """The global mean loss (a scalar, the same on every rank). embeddings (n_r, D) this
+    rank's rows; weight (C_r, D) this rank's classes; local_target (N,) the row of each
+    global sample's class in ``weight``, or -1 where another rank owns it."""
+    return ShardedMarginCrossEntropy.apply(
+        embeddings, weight, local_target, layout, scale, margin, group, block_size
+    )

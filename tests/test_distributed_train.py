@@ -1,0 +1,53 @@
+"""The torchrun entry point on CPU (gloo): it trains, saves a sharded checkpoint, and a rank
+that never joins ends the run with an error within the timeout."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import torch
+
+from margin_softmax.distributed import load_full
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict:
+    return {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **extra}
+
+
+def test_torchrun_two_ranks_trains_and_saves_every_shard(tmp_path):
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        "-m", "margin_softmax.distributed.train", "--classes", "50", "--steps", "40",
+        "--batch-size", "32", "--sample-rate", "0.5", "--log-every", "39",
+        "--timeout", "30", "--save", str(tmp_path),
+    ]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    losses = [float(v) for v in re.findall(r"loss (\S+) .* world 2", done.stdout)]
+    assert len(losses) == 2 and losses[1] < 0.5 * losses[0], done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes-0-25.pt", "classes-25-50.pt"]
+    assert load_full(tmp_path).shape == (50, 64)
+    assert torch.isfinite(load_full(tmp_path)).all()
+
+
+def test_a_rank_that_never_joins_is_an_error_within_the_timeout():
+    env = _env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()))
+    command = [sys.executable, "-m", "margin_softmax.distributed.train", "--timeout", "2"]
+    begin = time.monotonic()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("rank 0: ") and re.search("time", done.stderr, re.IGNORECASE)
+    assert time.monotonic() - begin < 30  # import + 2 s, not the default 120 s
