@@ -7,8 +7,9 @@ mu, sigma of a (EMAs):
     logit_iy  = s * (cos(clip(theta_iy + g_angular, eps, pi - eps)) - g_additive)
     logit_ij  = s * cos_ij                                            (j != y_i)
 
-so a high-norm (good) sample gets an ArcFace-like angular margin and a low-norm one a
-CosFace-like additive margin. eps = 1e-3; the target cosine is clamped to +-(1 - eps).
+z = -1 (low norm, poor image) gives ArcFace's cos(theta + m), z = 0 CosFace's cos - m, and
+z = 1 (high norm) cos(theta - m) - 2m, which weights hard samples more. eps = 1e-3; the
+target cosine is clamped to +-(1 - eps).
 """
 
 from __future__ import annotations
