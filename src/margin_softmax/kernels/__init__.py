@@ -52,13 +52,17 @@ def triton_margin_cross_entropy(
         return chunked_margin_cross_entropy(embeddings, weight, labels, scale, margin,
                                             row_scale, reduction)
 
-    from .config import interpreted
+    from .config import fits, interpreted
     from .function import MarginCrossEntropyRows
 
     if not embeddings.is_cuda and not interpreted():
         raise ValueError("the Triton kernels were compiled for the GPU (TRITON_INTERPRET was "
                          "unset when they were first imported); CPU tensors need "
                          "TRITON_INTERPRET=1 set before that import")
+    if not fits(weight.shape[1], weight.dtype):
+        raise ValueError(f"impl='triton' supports embedding_dim up to 2048 (16-bit) or 1024 "
+                         f"(float32), got {weight.shape[1]} in {weight.dtype}; use "
+                         "impl='chunked'")
     from ..functional import normalize
 
     x_hat = normalize(embeddings.float())  # (N, D), norms in float32 as eager does

@@ -1,8 +1,13 @@
-"""Launch settings: tile sizes, warps, pipeline stages, dot precision. Fixed, not autotuned:
-the sizes are the usual tensor-core GEMM tiles for Hopper/Ampere (128 x 128 output tiles,
-64-wide K steps for 16-bit inputs, 32 for float32 so three pipeline stages fit in shared
-memory). Under the CPU interpreter every tile is 16 wide (tl.dot's minimum) so tiny test
-problems cross block edges."""
+"""Launch settings: tile sizes, warps, pipeline stages, dot precision. Fixed, not autotuned.
+
+Each program keeps one operand tile of all of D resident (the rows it owns) and streams the
+other, so a tile is (BLOCK, DV) with DV = D rounded up to a power of two. BLOCK is the
+largest power of two in [16, 64] whose tile fits in 64 KiB (64 for bfloat16 at D = 512:
+the resident tile plus two streamed stages take 192 KiB of shared memory, under Hopper's
+227 KiB), and the warps are set so the float32 (BLOCK, DV) accumulator is ~128 registers
+per thread. Under the CPU interpreter every tile is 16 wide (tl.dot's minimum) so tiny test
+problems cross block edges.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,20 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import triton
 from triton import knobs
+
+TILE_BYTES = 1 << 16
+MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) does not fit
 
 
 @dataclass(frozen=True)
 class Blocks:
     n: int  # rows (embeddings) per tile
     c: int  # columns (classes) per tile
-    k: int  # step over the embedding dimension D
-    warps: int = 8
-    stages: int = 3
-
-
-INTERPRETER_BLOCKS = Blocks(16, 16, 16, warps=1, stages=1)
-BACKWARD_CHUNK_ELEMENTS = 1 << 24  # float32 buffer for dL/dw_hat: 64 MiB, whatever C is
+    dv: int  # D padded to a power of two
+    warps: int = 4
+    stages: int = 2
 
 
 def interpreted() -> bool:
@@ -31,17 +36,24 @@ def interpreted() -> bool:
     return bool(knobs.runtime.interpret)
 
 
-def forward_blocks(dtype: torch.dtype) -> Blocks:
-    if interpreted():
-        return INTERPRETER_BLOCKS
-    return Blocks(128, 128, 32 if dtype == torch.float32 else 64, warps=8, stages=3)
+def padded_dim(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
 
 
-def backward_blocks(dtype: torch.dtype) -> Blocks:
-    """The backward tile holds the logits (n x c) plus two (n or c) x k partial gradients."""
+def fits(dim: int, dtype: torch.dtype) -> bool:
+    """Whether a row of D values fits the kernels' resident tiles (always, interpreted)."""
+    return interpreted() or padded_dim(dim) * dtype.itemsize <= MAX_ROW_BYTES
+
+
+def blocks(dim: int, dtype: torch.dtype) -> Blocks:
+    dv = padded_dim(dim)
     if interpreted():
-        return INTERPRETER_BLOCKS
-    return Blocks(128, 128, 32, warps=8, stages=2)
+        return Blocks(16, 16, dv, warps=1, stages=1)
+    block = 64
+    while block > 16 and block * dv * dtype.itemsize > TILE_BYTES:
+        block //= 2
+    warps = min(8, max(4, block * dv // 4096))  # accumulator values per thread ~128
+    return Blocks(block, block, dv, warps=warps, stages=2)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -62,7 +74,7 @@ def sm_count(device_index: int) -> int:
 
 
 def class_splits(device: torch.device, row_blocks: int, class_blocks: int) -> int:
-    """How many programs share the classes of one block of rows in the forward pass: enough
-    for about four programs per SM (one row block alone would leave most SMs idle)."""
-    wanted = 4 * sm_count(device.index or 0) if device.type == "cuda" else 4
+    """How many programs share the classes of one block of rows in the forward pass: about
+    two programs per SM in all (one row block alone would leave most SMs idle)."""
+    wanted = 2 * sm_count(device.index or 0) if device.type == "cuda" else 4
     return max(1, min(class_blocks, -(-wanted // row_blocks)))

@@ -1,16 +1,21 @@
-"""Kernel 1: the log-sum-exp over the non-target logits, streamed over classes.
+"""Kernel 1: one pass over the classes gives everything the loss and dL/dx need.
 
-For each row i, with logits l_ij = r_i * cos_ij over the classes j != y_i:
+For each row i, over the non-target classes j != y_i, with l_ij = r_i * cos_ij and
+q_ij = softmax over those classes of l_ij:
 
-    lse_other_i = log sum_{j != y_i} exp(l_ij)                      # (N,)
-    cbar_i      = sum_{j != y_i} softmax_j(l_ij) * cos_ij            # (N,), for d/dr_i
+    lse_other_i = log sum_{j != y_i} exp(l_ij)                     # (N,)
+    cbar_i      = sum_{j != y_i} q_ij cos_ij                       # (N,)   for dL/dr
+    v_i         = sum_{j != y_i} q_ij w_hat_j                      # (N, D) for dL/dx_hat
 
-The target column is left out of the stream (set to -inf in its tile) and added back on the
-host with logaddexp, so the loss lse - l_iy = softplus(lse_other - l_iy) keeps its precision
-when p_iy is near 1, and the kernel never sees the margin.
+The target column is left out (set to -inf in its tile) and added back on the host with
+logaddexp, so lse - l_iy = softplus(lse_other - l_iy) keeps its precision when p_iy -> 1,
+and the kernel never sees the margin. v is flash-attention's output with x_hat as the
+queries and W as both keys and values: dL/dx_hat_i = g_i r_i (1 - p_iy) (v_i - psi'_i w_hat_y),
+so no second pass over the classes is needed for dx.
 
-Grid: (row blocks, class splits). Each program walks the class blocks of its split with an
-online (max, sum) per row and writes partial results (split, N); the host combines them.
+Grid: (row blocks, class splits). A program keeps its x tile (BLOCK_N, D) resident, streams
+(BLOCK_C, D) tiles of W through its share of the classes with an online max, and writes
+partials (split, N[, D]) that the host combines (a few MiB: splits x N x D float32).
 """
 
 from __future__ import annotations
@@ -19,77 +24,89 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import class_splits, dot_precision, forward_blocks, upcast_dots
-from .tiles import tile_dots
+from .config import blocks, class_splits, dot_precision, upcast_dots
+from .tiles import dot_acc, load_rows
 
 MAX_INIT = -1.0e30  # finite start for the running max: no inf - inf in the rescale
 
 
 @triton.jit
-def lse_partial_kernel(
-    X, W, INV, R, Y, M, S, T, N, C, D,
+def lse_kernel(
+    X, W, INV, R, Y, M, S, T, V, N, C, D,
     stride_xn, stride_xd, stride_wc, stride_wd,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-    WITH_COS_MEAN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DV: tl.constexpr,
+    WITH_COS_MEAN: tl.constexpr, WITH_V: tl.constexpr, INV_CAP: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    row_block = tl.program_id(0)
     split = tl.program_id(1)
-    splits = tl.num_programs(1)
-    rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     r = tl.load(R + rows, mask=row_ok, other=0.0)  # (BLOCK_N,)
     y = tl.load(Y + rows, mask=row_ok, other=-1)
+    x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV), resident
 
-    blocks_per_split = tl.cdiv(tl.cdiv(C, BLOCK_C), splits)
+    blocks_per_split = tl.cdiv(tl.cdiv(C, BLOCK_C), tl.num_programs(1))
     start = split * blocks_per_split * BLOCK_C
     stop = tl.minimum(start + blocks_per_split * BLOCK_C, C)
     m = tl.full((BLOCK_N,), MAX_INIT, dtype=tl.float32)  # running max
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum exp(l - m)
-    t = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum exp(l - m) * cos
+    t = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum exp(l - m) cos
+    v = tl.zeros((BLOCK_N, DV), dtype=tl.float32)  # sum exp(l - m) w_hat
     for c0 in range(start, stop, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
-        inv = tl.load(INV + cols, mask=cols < stop, other=0.0)
-        cos = tile_dots(X, W, rows, cols, N, stop, D, stride_xn, stride_xd, stride_wc,
-                        stride_wd, BLOCK_N, BLOCK_C, BLOCK_K, UPCAST, PRECISION)
-        cos = cos * inv[None, :]  # (BLOCK_N, BLOCK_C)
+        w = load_rows(W, cols, stop, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
+        inv = tl.load(INV + cols, mask=cols < stop, other=0.0)  # (BLOCK_C,)
+        cos = dot_acc(x, tl.trans(w), tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32),
+                      UPCAST, PRECISION) * inv[None, :]
         live = (cols[None, :] < stop) & (cols[None, :] != y[:, None])
         logits = tl.where(live, r[:, None] * cos, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, axis=1))
         alpha = tl.exp(m - m_new)
-        e = tl.exp(logits - m_new[:, None])  # 0 where not live
+        e = tl.exp(logits - m_new[:, None])  # (BLOCK_N, BLOCK_C), 0 where not live
         s = s * alpha + tl.sum(e, axis=1)
         if WITH_COS_MEAN:
             t = t * alpha + tl.sum(e * cos, axis=1)
+        if WITH_V:  # e * inv weighs the raw rows of W; INV_CAP keeps float16 finite
+            weights = (e * tl.minimum(inv, INV_CAP)[None, :]).to(W.dtype.element_ty)
+            v = dot_acc(weights, w, v * alpha[:, None], UPCAST, PRECISION)
         m = m_new
     out = split * N + rows
     tl.store(M + out, m, mask=row_ok)
     tl.store(S + out, s, mask=row_ok)
     if WITH_COS_MEAN:
         tl.store(T + out, t, mask=row_ok)
+    if WITH_V:
+        ds = tl.arange(0, DV)
+        v_out = V + out.to(tl.int64)[:, None] * D + ds[None, :]
+        tl.store(v_out, v, mask=row_ok[:, None] & (ds < D)[None, :])
 
 
-def non_target_lse(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor, r: torch.Tensor,
-                   labels: torch.Tensor, with_cos_mean: bool):
-    """(lse_other (N,), cbar (N,) or None), float32. x (N, D) and weight (C, D) in one dtype,
-    inv (C,) and r (N,) float32, labels (N,) int64."""
+def non_target_softmax(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor,
+                       r: torch.Tensor, labels: torch.Tensor, with_cos_mean: bool,
+                       with_v: bool):
+    """(lse_other (N,), cbar (N,) or None, v (N, D) or None), all float32. x (N, D) and
+    weight (C, D) in one dtype, inv (C,) and r (N,) float32, labels (N,) int64."""
     n, dim = x.shape
     num_classes = weight.shape[0]
-    b = forward_blocks(weight.dtype)
+    b = blocks(dim, weight.dtype)
     row_blocks = triton.cdiv(n, b.n)
     splits = class_splits(x.device, row_blocks, triton.cdiv(num_classes, b.c))
-    m, s, t = torch.empty(3, splits, n, device=x.device, dtype=torch.float32)  # partials
-    lse_partial_kernel[(row_blocks, splits)](
-        x, weight, inv, r, labels, m, s, t, n, num_classes, dim,
+    m, s, t = torch.empty(3, splits, n, device=x.device, dtype=torch.float32)
+    v = torch.empty(splits if with_v else 0, n, dim, device=x.device, dtype=torch.float32)
+    inv_cap = 2.0**15 if weight.dtype == torch.float16 else float("inf")
+    lse_kernel[(row_blocks, splits)](
+        x, weight, inv, r, labels, m, s, t, v, n, num_classes, dim,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        BLOCK_N=b.n, BLOCK_C=b.c, BLOCK_K=b.k, WITH_COS_MEAN=with_cos_mean,
-        UPCAST=upcast_dots(weight.dtype), PRECISION=dot_precision(weight.dtype),
+        BLOCK_N=b.n, BLOCK_C=b.c, DV=b.dv, WITH_COS_MEAN=with_cos_mean, WITH_V=with_v,
+        INV_CAP=inv_cap, UPCAST=upcast_dots(weight.dtype), PRECISION=dot_precision(weight.dtype),
         num_warps=b.warps, num_stages=b.stages,
     )
     m_all = m.max(dim=0).values  # (N,)
     rescale = torch.exp(m - m_all)  # (splits, N)
-    total = (s * rescale).sum(dim=0)  # (N,), 0 when C == 1
+    total = (s * rescale).sum(dim=0)  # (N,); 0 when C == 1
     lse_other = m_all + torch.log(total)  # -inf when C == 1
-    if not with_cos_mean:
-        return lse_other, None
-    cbar = (t * rescale).sum(dim=0) / total.clamp_min(torch.finfo(torch.float32).tiny)
-    return lse_other, cbar
+    denominator = total.clamp_min(torch.finfo(torch.float32).tiny)
+    cbar = (t * rescale).sum(dim=0) / denominator if with_cos_mean else None
+    if with_v:
+        v = torch.einsum("kn,knd->nd", rescale, v) / denominator[:, None]  # (N, D)
+    return lse_other, cbar, (v if with_v else None)

@@ -1,0 +1,232 @@
+"""The Triton path against eager. Without a GPU the kernels run in Triton's CPU interpreter
+(TRITON_INTERPRET=1, set here before triton is imported, as `make test` does); on a GPU
+machine run with TRITON_INTERPRET unset and every test runs the compiled kernels on CUDA."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+import margin_softmax as ms  # noqa: E402
+from margin_softmax import functional, margin_cross_entropy  # noqa: E402
+from margin_softmax.kernels import triton_available  # noqa: E402
+from margin_softmax.margins import Margin  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+DEVICE = "cpu" if INTERPRETED else "cuda"
+
+MARGINS = {
+    "normface": (Margin(), False),
+    "cosface": (Margin(m3=0.35), False),
+    "arcface-seed": (Margin(m2=0.5, fallback="seed"), False),
+    "arcface-none": (Margin(m2=0.5, fallback="none"), False),
+    "arcface-continuous": (Margin(m2=0.5, fallback="continuous"), False),
+    "arcface-easy": (Margin(m2=0.5, fallback="easy"), False),
+    "arcface-straight-through": (Margin(m2=0.5, straight_through=True), False),
+    "sphereface": (Margin(m1=4), False),
+    "sphereface-blend-by-norm": (Margin(m1=4, blend=5.0), True),
+    "combined": (Margin(m1=1.2, m2=0.3, m3=0.2), False),
+}
+SIZES = [(1, 2, 3), (5, 37, 3), (19, 40, 20)]  # (N, C, D): C not a multiple of 16, D < 16
+
+
+def problem(n, c, d, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * 2
+    w = torch.randn(c, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, c, (n,), generator=g)
+    return x.to(dtype), w.to(dtype), y
+
+
+def loss_and_grads(impl, x, w, y, margin, by_norm=False, reduction="mean", scale=30.0):
+    """Loss and (dx, dw) in float64, under a fixed random upstream gradient."""
+    x = x.to(DEVICE).detach().requires_grad_()
+    w = w.to(DEVICE).detach().requires_grad_()
+    loss = margin_cross_entropy(x, w, y.to(DEVICE), scale=scale, margin=margin,
+                                scale_by_norm=by_norm, reduction=reduction, impl=impl)
+    g = torch.Generator().manual_seed(7)
+    upstream = torch.rand(loss.shape, generator=g, dtype=torch.float64) + 0.5
+    dx, dw = torch.autograd.grad(loss, (x, w), upstream.to(loss))
+    return [t.detach().cpu().double() for t in (loss, dx, dw)]
+
+
+def rel_errors(actual, expected):
+    return [float((a - e).abs().max() / e.abs().max().clamp_min(1e-30))
+            for a, e in zip(actual, expected, strict=True)]
+
+
+def test_available():
+    assert triton_available()
+
+
+@pytest.mark.parametrize("name", list(MARGINS))
+@pytest.mark.parametrize("size", SIZES)
+def test_float32_equals_eager(name, size):
+    """Within 1e-5 of eager on the same float32 inputs, eager run in float64. Row scales stay
+    <= ~10 so that no loss is below ~1e-8: eager computes lse - target, whose rounding
+    (~1e-7 |lse| in float32, ~1e-16 |lse| in float64) swamps a loss near 0."""
+    margin, by_norm = MARGINS[name]
+    x, w, y = problem(*size, seed=sum(size))
+    scale = 3.0 if by_norm else 8.0  # |x| ~ 3.5
+    expected = loss_and_grads("eager", x.double(), w.double(), y, margin, by_norm,
+                              reduction="none", scale=scale)
+    actual = loss_and_grads("triton", x, w, y, margin, by_norm, reduction="none", scale=scale)
+    assert max(rel_errors(actual, expected)) < 1e-5
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_reductions(reduction):
+    x, w, y = problem(6, 70, 5, seed=3)  # 5 class blocks in 4 splits: one is empty
+    margin = Margin(m2=0.3, m3=0.1)
+    expected = loss_and_grads("eager", x, w, y, margin, reduction=reduction)
+    actual = loss_and_grads("triton", x, w, y, margin, reduction=reduction)
+    assert actual[0].shape == expected[0].shape
+    assert max(rel_errors(actual, expected)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["normface", "arcface-seed", "sphereface-blend-by-norm",
+                                  "combined"])
+def test_half_precision_error_no_worse_than_eager(dtype, name):
+    """Error against float64 (on the same rounded inputs) at most eager's error + eps / 4."""
+    margin, by_norm = MARGINS[name]
+    x, w, y = problem(19, 70, 40, dtype, seed=5)
+    exact = loss_and_grads("eager", x.double(), w.double(), y, margin, by_norm)
+    eager = rel_errors(loss_and_grads("eager", x, w, y, margin, by_norm), exact)
+    fused = rel_errors(loss_and_grads("triton", x, w, y, margin, by_norm), exact)
+    for ours, theirs in zip(fused, eager, strict=True):
+        assert ours <= theirs + torch.finfo(dtype).eps / 4
+
+
+def test_result_dtype_follows_the_input():
+    x, w, y = problem(3, 5, 4, torch.bfloat16)
+    loss = margin_cross_entropy(x.to(DEVICE), w.to(DEVICE), y.to(DEVICE), scale=10.0,
+                                impl="triton", reduction="none")
+    assert loss.dtype == torch.bfloat16 and loss.shape == (3,)
+
+
+@pytest.mark.parametrize("name", ["arcface-seed", "sphereface", "combined"])
+def test_finite_at_cos_plus_minus_one_and_zero_embeddings(name):
+    margin, _ = MARGINS[name]
+    x, w, y = problem(4, 6, 5, seed=2)
+    x[0] = w[y[0]] * 3  # cos = +1 with its class centre
+    x[1] = -w[y[1]]  # cos = -1
+    x[2] = 0.0  # zero embedding
+    for by_norm in (False, True):
+        expected = loss_and_grads("eager", x, w, y, margin, by_norm, reduction="none")
+        actual = loss_and_grads("triton", x, w, y, margin, by_norm, reduction="none")
+        assert all(bool(t.isfinite().all()) for t in actual)
+        assert max(rel_errors(actual, expected)) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # dL/dw_j in float16
+def test_zero_class_centre():
+    """|w_j| = 0: w_hat_j = 0 as in eager; dL/dw_j = dL/dw_hat_j / eps, huge but finite in
+    float32 (inf in float16, as in eager). In float16 every other gradient stays finite: the
+    kernel caps 1/|w| where it weighs the rows of W."""
+    x, w, y = problem(5, 20, 6, seed=11)
+    w[3] = 0.0
+    expected = loss_and_grads("eager", x, w, y, Margin(m2=0.3))
+    actual = loss_and_grads("triton", x, w, y, Margin(m2=0.3))
+    assert max(rel_errors(actual, expected)) < 1e-5
+    expected = loss_and_grads("eager", x.half(), w.half(), y, Margin(m2=0.3))
+    actual = loss_and_grads("triton", x.half(), w.half(), y, Margin(m2=0.3))
+    others = torch.arange(20) != 3
+    actual, expected = [actual[1], actual[2][others]], [expected[1], expected[2][others]]
+    assert all(bool(t.isfinite().all()) for t in actual)
+    assert max(rel_errors(actual, expected)) < 5e-3
+
+
+def test_confident_rows_keep_their_precision():
+    """p_target ~ 1: with C = 2 the loss is softplus(s (cos_other - cos_target)) ~ 1e-16.
+    Computed as logsumexp - target logit it cancels to 0 (eager's float32) or to a few
+    float64 ulps of the logits; the fused path leaves the target out of the sum."""
+    x, w, y = problem(3, 2, 5, seed=1)
+    w[0] = x[0] + 0.3 * w[0]
+    w[1] = -x[0] + 0.3 * w[1]
+    y[0] = 0
+    cos = functional.normalize(x.double()) @ functional.normalize(w.double()).t()  # (N, 2)
+    target = cos.gather(1, y[:, None])[:, 0]
+    other = cos.gather(1, 1 - y[:, None])[:, 0]
+    exact = torch.nn.functional.softplus(20.0 * (other - target))  # (N,)
+    loss = loss_and_grads("triton", x, w, y, Margin(), reduction="none", scale=20.0)[0]
+    assert float(exact[0]) < 1e-15
+    torch.testing.assert_close(loss, exact, rtol=1e-4, atol=0)
+
+
+def test_single_class_has_zero_loss():
+    x, w, y = problem(3, 1, 4, seed=4)
+    loss, dx, dw = loss_and_grads("triton", x, w, y, Margin(m2=0.5), reduction="none")
+    assert not loss.any() and not dx.any() and not dw.any()
+
+
+def test_frozen_weight_or_embeddings():
+    """Only the gradient asked for is computed (the other product is skipped in the kernel)."""
+    x, w, y = (t.to(DEVICE) for t in problem(5, 20, 6, seed=8))
+    for trainable in ("x", "w"):
+        grads = []
+        for impl in ("eager", "triton"):
+            xi = x.detach().requires_grad_(trainable == "x")
+            wi = w.detach().requires_grad_(trainable == "w")
+            loss = margin_cross_entropy(xi, wi, y, scale=30.0, m3=0.2, impl=impl)
+            grads.append(torch.autograd.grad(loss, xi if trainable == "x" else wi)[0])
+        assert rel_errors(grads[1:], grads[:1])[0] < 1e-5
+
+
+def test_row_scale_gradient():
+    """scale_by_norm: dL/d|x| flows through row_scale = s |x| (compared with autograd)."""
+    x, w, y = problem(7, 13, 4, seed=9)
+    x = x.to(DEVICE)
+    scales = torch.linspace(0.5, 2.0, 7, device=DEVICE)[:, None].requires_grad_()
+    grads = []
+    for impl in ("eager", "triton"):
+        loss = margin_cross_entropy(x * scales, w.to(DEVICE), y.to(DEVICE), scale=8.0,
+                                    m1=2.0, scale_by_norm=True, impl=impl)
+        grads.append(torch.autograd.grad(loss, scales)[0].cpu().double())
+    assert rel_errors(grads[1:], grads[:1])[0] < 1e-5
+
+
+def test_head_with_triton_impl():
+    torch.manual_seed(0)
+    head = ms.ArcFace(6, 18, margin=0.3, scale=20.0, impl="triton").to(DEVICE)
+    reference = ms.ArcFace(6, 18, margin=0.3, scale=20.0, impl="eager").to(DEVICE)
+    reference.load_state_dict(head.state_dict())
+    x, _, y = problem(5, 18, 6, seed=10)
+    losses = [h(x.to(DEVICE), y.to(DEVICE)) for h in (head, reference)]
+    for loss in losses:
+        loss.backward()
+    assert float(losses[0].detach()) == pytest.approx(float(losses[1].detach()), rel=1e-5)
+    assert rel_errors([head.weight.grad.double()], [reference.weight.grad.double()])[0] < 1e-5
+
+
+def test_cpu_tensors_without_interpreter_raise(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, w, y = problem(2, 3, 4)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        margin_cross_entropy(x, w, y, scale=10.0, impl="triton")
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_large_index_offsets():
+    """C * D > 2**31: pointer offsets must be 64-bit. Rows of dW near the end are checked."""
+    n, c, d = 4, (1 << 22) + 3, 512
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(c, d, device="cuda", generator=g).to(torch.bfloat16)
+    y = torch.tensor([c - 1, c - 2, 5, c - 1], device="cuda")
+    x = (w[y].float() + 0.5 * torch.randn(n, d, device="cuda", generator=g)).to(torch.bfloat16)
+    results = []
+    for impl in ("eager", "triton"):
+        xi = x.detach().requires_grad_()
+        wi = w.detach().requires_grad_()
+        loss = margin_cross_entropy(xi, wi, y, scale=30.0, m2=0.2, impl=impl)
+        loss.backward()
+        results.append([loss.float(), xi.grad.float(), wi.grad[-4:].float()])
+        del wi
+    for a, e in zip(*results[::-1], strict=True):
+        assert float((a - e).abs().max() / e.abs().max()) < 2e-2
