@@ -70,7 +70,7 @@ def margin_cross_entropy(
     m1: float = 1.0,
     m2: float = 0.0,
     m3: float = 0.0,
-    fallback: str | None = None,
+    fallback: str = "none",
     straight_through: bool = False,
     blend: float = 0.0,
     scale_by_norm: bool = False,

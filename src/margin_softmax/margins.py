@@ -47,13 +47,13 @@ def clamp_eps(dtype: torch.dtype) -> float:
 
 @dataclass(frozen=True)
 class Margin:
-    """The parameters of psi. ``fallback=None`` picks each family's own convention:
-    "seed" for m1 == 1, "piecewise" for an integer m1 > 1, "continuous" otherwise."""
+    """The parameters of psi (see the module docstring). The heads pass their family's
+    fallback: ArcFace "seed", SphereFace "piecewise"; the bare default is the formula as is."""
 
     m1: float = 1.0
     m2: float = 0.0
     m3: float = 0.0
-    fallback: str | None = None
+    fallback: str = "none"
     blend: float = 0.0
     straight_through: bool = False
 
@@ -70,14 +70,6 @@ class Margin:
             raise ValueError(f"m2 (additive angular margin) must be in [0, pi), got {self.m2!r}")
         if self.blend < 0:
             raise ValueError(f"blend (SphereFace's lambda) must be >= 0, got {self.blend!r}")
-        if self.fallback is None:
-            if self.m1 == 1:
-                kind = "seed"
-            elif float(self.m1).is_integer():
-                kind = "piecewise"
-            else:
-                kind = "continuous"
-            object.__setattr__(self, "fallback", kind)
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if self.fallback == "seed" and self.m1 != 1:
@@ -115,19 +107,19 @@ class Margin:
     def _angular(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m1, m2, m3 = self.m1, self.m2, self.m3
         eps = clamp_eps(c.dtype)
-        sin_theta = torch.sqrt((1 - c * c).clamp_min(0))  # sin(theta) >= 0
-        safe_sin = torch.sqrt(1 - c.clamp(-1 + eps, 1 - eps) ** 2)  # > 0, for psi'
+        cc = c.clamp(-1 + eps, 1 - eps)  # psi' is evaluated here: finite at the poles
         if m1 == 1:  # cos(theta + m2) without arccos: exact near +-1
+            sin_theta = torch.sqrt((1 - c * c).clamp_min(0))  # sin(theta) >= 0
             cos_t = c * math.cos(m2) - sin_theta * math.sin(m2)
-            sin_t = sin_theta * math.cos(m2) + c * math.sin(m2)
+            grad = math.cos(m2) + math.sin(m2) * cc / torch.sqrt(1 - cc * cc)
             t = torch.acos(c) + m2 if self.fallback == "piecewise" else None
             beyond = c <= math.cos(math.pi - m2)  # t >= pi, as the seed tests it
         else:
             t = m1 * torch.acos(c) + m2
-            cos_t, sin_t = torch.cos(t), torch.sin(t)
+            cos_t = torch.cos(t)
+            grad = m1 * torch.sin(m1 * torch.acos(cc) + m2) / torch.sqrt(1 - cc * cc)
             beyond = t > math.pi
         value = cos_t - m3
-        grad = m1 * sin_t / safe_sin
 
         if self.fallback == "piecewise":
             k = torch.floor(t / math.pi).clamp_min(0)

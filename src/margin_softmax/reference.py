@@ -126,7 +126,7 @@ def psi_combined(
     t = m1 * theta + m2
     cc = np.clip(c, -1 + COS_EPS, 1 - COS_EPS)
     psi = np.cos(t) - m3
-    dpsi = m1 * np.sin(t) / np.sqrt(1 - cc * cc)
+    dpsi = m1 * np.sin(m1 * np.arccos(cc) + m2) / np.sqrt(1 - cc * cc)
     beyond = t >= math.pi if fallback == "seed" else t > math.pi
     if fallback == "seed":
         if m1 != 1:

@@ -83,7 +83,8 @@ class SphereFace(MarginHead):
     anneal=True blends in the plain softmax at the start of training:
     target = (lambda cos + psi) / (1 + lambda),
     lambda = max(lambda_min, lambda_base * (1 + lambda_gamma * iteration) ** -lambda_power),
-    with ``iteration`` counted by training-mode forwards (the paper's 1000, 0.12, 1, 5)."""
+    with ``iteration`` counted by training-mode forwards, incremented before lambda is
+    computed as the original Caffe layer does (the paper's 1000, 0.12, 1, 5)."""
 
     def __init__(
         self,
@@ -122,16 +123,15 @@ class SphereFace(MarginHead):
         return Margin(m1=float(self.margin), fallback="piecewise", blend=self.blend)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss = super().forward(embeddings, labels)
         if self.training and self.anneal:
             self.iteration += 1
-        return loss
+        return super().forward(embeddings, labels)
 
 
 class CombinedMargin(MarginHead):
     """Combined margin: target logit s (cos(m1 theta + m2) - m3), for any valid m1, m2, m3
-    (InsightFace's (1.0, 0.3, 0.2) by default). fallback=None picks "seed" for m1 == 1,
-    "piecewise" for an integer m1 > 1 and "continuous" otherwise (see margins.py)."""
+    (InsightFace's (1.0, 0.3, 0.2) by default), the full formula: fallback="none" by default;
+    "continuous", "piecewise", "easy" or (m1 == 1) "seed" where m1 theta + m2 > pi."""
 
     def __init__(
         self,
@@ -142,7 +142,7 @@ class CombinedMargin(MarginHead):
         m2: float = 0.3,
         m3: float = 0.2,
         scale: float = 64.0,
-        fallback: str | None = None,
+        fallback: str = "none",
         straight_through: bool = False,
         impl: str = "auto",
     ) -> None:
