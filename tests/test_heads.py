@@ -1,0 +1,242 @@
+"""The classic heads: API, parity with PyTorch Metric Learning, extremes, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import margin_softmax as ms
+from margin_softmax import reference as R
+
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+
+
+def problem(n=6, c=9, d=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(n, d, generator=g, dtype=dtype) * 2,
+        torch.randn(c, d, generator=g, dtype=dtype),
+        torch.randint(0, c, (n,), generator=g),
+    )
+
+
+def head_with_weight(head, w):
+    head = head.to(w.dtype)
+    head.weight.data.copy_(w)
+    return head
+
+
+def grads(module, x, y):
+    x = x.clone().requires_grad_()
+    module.zero_grad()
+    loss = module(x, y)
+    loss.backward()
+    weight = module.W if hasattr(module, "W") else module.weight
+    return loss.detach(), x.grad, weight.grad
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+@pytest.mark.parametrize("margin", [0.2, 0.5])
+def test_arcface_equals_pml_arcface(margin):
+    x, w, y = problem(seed=1)
+    x[0] = -w[y[0]] * 3 + 0.01  # one sample beyond theta + m > pi, where conventions differ
+    ours = head_with_weight(ms.ArcFace(5, 9, margin=margin, scale=30.0), w)
+    theirs = pml_losses.ArcFaceLoss(9, 5, margin=math.degrees(margin), scale=30.0).double()
+    theirs.W.data.copy_(w.T)
+    for a, b in zip(grads(ours, x, y), grads(theirs, x, y), strict=True):
+        torch.testing.assert_close(a, b.T if a.shape != b.shape else b, rtol=1e-9, atol=1e-12)
+
+
+def test_cosface_equals_pml_cosface():
+    x, w, y = problem(seed=2)
+    ours = head_with_weight(ms.CosFace(5, 9, margin=0.35, scale=64.0), w)
+    theirs = pml_losses.CosFaceLoss(9, 5, margin=0.35, scale=64.0).double()
+    theirs.W.data.copy_(w.T)
+    for a, b in zip(grads(ours, x, y), grads(theirs, x, y), strict=True):
+        torch.testing.assert_close(a, b.T if a.shape != b.shape else b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_sphereface_equals_pml_sphereface(m):
+    x, w, y = problem(seed=3)
+    ours = head_with_weight(ms.SphereFace(5, 9, margin=m, scale=1.5, scale_by_norm=True), w)
+    theirs = pml_losses.SphereFaceLoss(9, 5, margin=m, scale=1.5).double()
+    theirs.W.data.copy_(w.T)
+    for a, b in zip(grads(ours, x, y), grads(theirs, x, y), strict=True):
+        torch.testing.assert_close(a, b.T if a.shape != b.shape else b, rtol=1e-8, atol=1e-11)
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def test_seed_one_liner_returns_loss_and_prec1():
+    x, w, y = problem(n=40, c=4, d=3, seed=4, dtype=torch.float32)
+    head = head_with_weight(ms.AAMSoftmax(3, 4, margin=0.2, scale=30.0), w)
+    loss, prec1 = head.loss_and_accuracy(x, y)
+    assert loss.requires_grad and loss.dim() == 0
+    cos = torch.nn.functional.normalize(x) @ torch.nn.functional.normalize(w).T
+    assert prec1 == pytest.approx(R.accuracy(cos.numpy(), y.numpy())[0])
+
+
+def test_logits_with_and_without_margin():
+    x, w, y = problem(seed=5)
+    head = head_with_weight(ms.CosFace(5, 9, margin=0.3, scale=10.0), w)
+    plain, trained = head.logits(x), head.logits(x, y)
+    diff = plain - trained
+    assert torch.allclose(diff[torch.arange(6), y], torch.full((6,), 3.0, dtype=torch.float64))
+    diff[torch.arange(6), y] = 0
+    assert torch.count_nonzero(diff) == 0
+    assert torch.equal(head.predict(x), plain.argmax(dim=1))
+
+
+def test_head_loss_equals_reference_losses():
+    x, w, y = problem(seed=6)
+    X, W, Y = x.numpy(), w.numpy(), y.numpy()
+    pairs = [
+        (ms.NormFace(5, 9, scale=20.0), R.normface_loss(X, W, Y, s=20.0)),
+        (ms.AMSoftmax(5, 9, margin=0.35, scale=30.0), R.am_softmax_loss(X, W, Y)),
+        (ms.ArcFace(5, 9, margin=0.2, scale=30.0), R.aam_softmax_loss(X, W, Y)),
+        (ms.SphereFace(5, 9, margin=4, scale=30.0), R.sphereface_loss(X, W, Y)),
+        (ms.CombinedMargin(5, 9, m1=1.0, m2=0.3, m3=0.2, scale=64.0),
+         R.combined_margin_loss(X, W, Y, 64.0, 1.0, 0.3, 0.2)),
+    ]
+    for head, (ref_loss, ref_dx, ref_dw) in pairs:
+        loss, dx, dw = grads(head_with_weight(head, w), x, y)
+        assert float(loss) == pytest.approx(ref_loss, rel=1e-9), type(head).__name__
+        np.testing.assert_allclose(dx.numpy(), ref_dx, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(dw.numpy(), ref_dw, rtol=1e-8, atol=1e-12)
+
+
+def test_combined_margin_uses_every_margin():
+    """InsightFace's combined mode silently runs as CosFace when m3 > 0: ours must not."""
+    x, w, y = problem(seed=7)
+    losses = {}
+    for m in [(1.0, 0.3, 0.2), (1.0, 0.0, 0.2), (1.0, 0.3, 0.0), (1.2, 0.3, 0.2)]:
+        head = head_with_weight(ms.CombinedMargin(5, 9, m1=m[0], m2=m[1], m3=m[2]), w)
+        losses[m] = head(x, y).item()
+    assert len({round(v, 9) for v in losses.values()}) == 4
+
+
+def test_sphereface_annealing_blends_softmax_in():
+    x, w, y = problem(seed=8)
+    head = head_with_weight(ms.SphereFace(5, 9, margin=4, anneal=True), w)
+    first = head(x, y)  # lambda = 1000 / 1.12
+    assert head.blend == pytest.approx(max(5.0, 1000 / (1 + 0.12 * 1)))
+    ref = R.sphereface_loss(x.numpy(), w.numpy(), y.numpy(), blend=1000 / 1.12)[0]
+    assert float(first) == pytest.approx(ref, rel=1e-9)
+    for _ in range(3000):
+        head.iteration += 1
+    assert head.blend == 5.0  # lambda_min
+    head.eval()
+    head(x, y)
+    assert int(head.iteration) == 3001  # eval forwards do not advance the schedule
+
+
+def test_softmax_loss_head_with_and_without_bias():
+    x, w, y = problem(seed=9)
+    head = head_with_weight(ms.SoftmaxLoss(5, 9), w)
+    head.bias.data = torch.linspace(-1, 1, 9, dtype=torch.float64)
+    ref = R.softmax_loss((x @ w.T + head.bias).detach().numpy(), y.numpy())[0]
+    assert float(head(x, y)) == pytest.approx(ref, rel=1e-12)
+    assert ms.SoftmaxLoss(5, 9, bias=False).bias is None
+
+
+def test_state_dict_round_trip():
+    head = ms.ArcFace(4, 7)
+    other = ms.ArcFace(4, 7)
+    other.load_state_dict(head.state_dict())
+    assert torch.equal(head.weight, other.weight)
+
+
+# ----------------------------------------------------------------------------- extremes
+
+HEADS = [
+    lambda: ms.NormFace(4, 3),
+    lambda: ms.CosFace(4, 3),
+    lambda: ms.ArcFace(4, 3, margin=0.5, fallback="seed"),
+    lambda: ms.ArcFace(4, 3, margin=0.5, fallback="none"),
+    lambda: ms.ArcFace(4, 3, margin=0.5, fallback="continuous"),
+    lambda: ms.SphereFace(4, 3, margin=4),
+    lambda: ms.SphereFace(4, 3, margin=4, scale_by_norm=True, scale=1.0),
+    lambda: ms.CombinedMargin(4, 3, m1=1.2, m2=0.3, m3=0.2),
+]
+
+
+@pytest.mark.parametrize("make_head", HEADS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_finite_at_cos_plus_minus_one_and_zero_embeddings(make_head, dtype):
+    head = make_head().to(dtype)
+    w = head.weight.detach()
+    x = torch.stack([w[0] * 2.5, -w[1], torch.zeros_like(w[0]), w[2]])  # cos = 1, -1, 0-row
+    y = torch.tensor([0, 1, 2, 2])
+    x.requires_grad_()
+    loss = head(x, y)
+    loss.backward()
+    assert loss.dtype == dtype
+    assert torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (torch.tensor([0, 1, 9]), r"labels must be in \[0, 9\), got label 9"),
+        (torch.tensor([0, -1, 2]), "got label -1"),
+        (torch.tensor([0, 1]), r"labels must have shape \(3,\).*got shape \(2,\)"),
+        (torch.tensor([0.0, 1.0, 2.0]), "labels must be integer.*float32"),
+    ],
+)
+def test_bad_labels(labels, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ms.ArcFace(5, 9)(torch.randn(3, 5), labels)
+
+
+def test_bad_embeddings():
+    head = ms.CosFace(5, 9)
+    y = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="size 4 in dim 1 .*embedding_dim=5"):
+        head(torch.randn(2, 4), y)
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(2, 5)
+        x[1, 2] = bad
+        with pytest.raises(ValueError, match=f"embeddings contains non-finite.*{bad}"):
+            head(x, y)
+    with pytest.raises(ValueError, match="2-D"):
+        head(torch.randn(5), y)
+    with pytest.raises(TypeError, match="dtype torch.float64 differs"):
+        head(torch.randn(2, 5, dtype=torch.float64), y)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ms.ArcFace(5, 9, margin=-0.1), r"margin must be in \[0, pi\).*-0.1"),
+        (lambda: ms.ArcFace(5, 9, margin=math.pi), r"\[0, pi\).*3.14"),
+        (lambda: ms.ArcFace(5, 9, fallback="clamp"), "fallback must be one of.*'clamp'"),
+        (lambda: ms.SphereFace(5, 9, margin=1.5), "positive int.*1.5"),
+        (lambda: ms.SphereFace(5, 9, margin=0), "positive int.*0"),
+        (lambda: ms.CosFace(5, 9, scale=0.0), "scale must be a finite float > 0, got 0.0"),
+        (lambda: ms.NormFace(5, 9, scale=-2.0), "scale.*-2.0"),
+        (lambda: ms.CosFace(5, 0), "num_classes must be a positive int, got 0"),
+        (lambda: ms.CombinedMargin(5, 9, m1=0.0), "m1 must be > 0, got 0.0"),
+        (lambda: ms.CombinedMargin(5, 9, m1=2.0, m2=0.1, fallback="seed"), "m1 == 1 only"),
+        (lambda: ms.CosFace(5, 9, margin=float("nan")), "m3 must be finite, got nan"),
+    ],
+)
+def test_bad_parameters(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_bad_impl_and_reduction():
+    x, w, y = problem()
+    with pytest.raises(ValueError, match="impl must be one of.*'fast'"):
+        ms.margin_cross_entropy(x, w, y, scale=1.0, impl="fast")
+    with pytest.raises(ValueError, match="reduction must be one of.*'avg'"):
+        ms.margin_cross_entropy(x, w, y, scale=1.0, reduction="avg")
