@@ -20,10 +20,12 @@ import triton
 import triton.language as tl
 
 from ..functional import NORM_EPS
-from .config import blocks, dot_precision, upcast_dots
+from .config import dot_precision, padded_dim, pruner, tuning_configs, upcast_dots
 from .tiles import dot_acc, load_rows
 
 
+@triton.autotune(tuning_configs(), key=["DV"],
+                 prune_configs_by=pruner(resident="BLOCK_C", streamed="BLOCK_N"))
 @triton.jit
 def weight_grad_kernel(
     X, W, INV, R, Y, LSE, GR, TGT, DW, N, C, D,
@@ -69,13 +71,11 @@ def weight_grad(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor, r: tor
     r, lse, row_grad_r = g * r, target_grad = t (N,) float32; labels (N,) int64."""
     n, dim = x.shape
     num_classes = weight.shape[0]
-    b = blocks(dim, weight.dtype)
     grad = torch.empty(num_classes, dim, device=weight.device, dtype=weight.dtype)
-    weight_grad_kernel[(triton.cdiv(num_classes, b.c),)](
+    weight_grad_kernel[lambda meta: (triton.cdiv(num_classes, meta["BLOCK_C"]),)](
         x, weight, inv, r, labels, lse, row_grad_r, target_grad, grad, n, num_classes, dim,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), grad.stride(0),
-        BLOCK_N=b.n, BLOCK_C=b.c, DV=b.dv, EPS=NORM_EPS,
+        DV=padded_dim(dim), EPS=NORM_EPS,
         UPCAST=upcast_dots(weight.dtype), PRECISION=dot_precision(weight.dtype),
-        num_warps=b.warps, num_stages=b.stages,
     )
     return grad

@@ -1,34 +1,32 @@
-"""Launch settings: tile sizes, warps, pipeline stages, dot precision. Fixed, not autotuned.
+"""Launch settings: tile sizes, warps and pipeline stages (autotuned), dot precision.
 
-Each program keeps one operand tile of all of D resident (the rows it owns) and streams the
-other, so a tile is (BLOCK, DV) with DV = D rounded up to a power of two. BLOCK is the
-largest power of two in [16, 64] whose tile fits in 64 KiB (64 for bfloat16 at D = 512:
-the resident tile plus two streamed stages take 192 KiB of shared memory, under Hopper's
-227 KiB), and the warps are set so the float32 (BLOCK, DV) accumulator is ~128 registers
-per thread. Under the CPU interpreter every tile is 16 wide (tl.dot's minimum) so tiny test
-problems cross block edges.
+Each program keeps one operand tile of all of D resident (the rows it owns: x in the
+forward, W in the backward) and streams the other, so tiles are (BLOCK, DV) with DV = D
+rounded up to a power of two, and the float32 accumulator is (resident BLOCK, DV).
+Candidates are pruned before tuning so that the resident tile plus the pipelined streamed
+tiles fit in shared memory and the accumulator takes at most ~128 registers per thread
+(64 x 64 tiles and 8 warps for bfloat16 at D = 512: 192 KiB of shared memory, under
+Hopper's 227 KiB). Both kernels only store their outputs, so benchmarking a config by
+running it is harmless. Under the CPU interpreter there is one config, 16 wide (tl.dot's
+minimum), so tiny test problems cross block edges.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import triton
 from triton import knobs
 
-TILE_BYTES = 1 << 16
-MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) does not fit
-
-
-@dataclass(frozen=True)
-class Blocks:
-    n: int  # rows (embeddings) per tile
-    c: int  # columns (classes) per tile
-    dv: int  # D padded to a power of two
-    warps: int = 4
-    stages: int = 2
+SHARED_MEMORY_BYTES = 200 * 1024  # leaves room for Triton's own scratch under 227 KiB
+MAX_ACCUMULATOR_PER_THREAD = 128
+MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) fits no config
+ROWS_PER_BLOCK_FOR_SPLITS = 64
+CANDIDATES = [  # (BLOCK_N, BLOCK_C, warps, stages)
+    (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 8, 3), (64, 64, 8, 2), (64, 64, 4, 3),
+    (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (16, 16, 4, 2),
+]
 
 
 def interpreted() -> bool:
@@ -45,15 +43,29 @@ def fits(dim: int, dtype: torch.dtype) -> bool:
     return interpreted() or padded_dim(dim) * dtype.itemsize <= MAX_ROW_BYTES
 
 
-def blocks(dim: int, dtype: torch.dtype) -> Blocks:
-    dv = padded_dim(dim)
+def tuning_configs() -> list[triton.Config]:
     if interpreted():
-        return Blocks(16, 16, dv, warps=1, stages=1)
-    block = 64
-    while block > 16 and block * dv * dtype.itemsize > TILE_BYTES:
-        block //= 2
-    warps = min(8, max(4, block * dv // 4096))  # accumulator values per thread ~128
-    return Blocks(block, block, dv, warps=warps, stages=2)
+        return [triton.Config({"BLOCK_N": 16, "BLOCK_C": 16}, num_warps=1, num_stages=1)]
+    return [triton.Config({"BLOCK_N": n, "BLOCK_C": c}, num_warps=w, num_stages=s)
+            for n, c, w, s in CANDIDATES]
+
+
+def pruner(resident: str, streamed: str):
+    """early_config_prune for a kernel whose `resident` block stays in shared memory and
+    registers while `streamed` blocks are pipelined through it."""
+
+    def prune(configs, named_args, **kwargs):
+        dv, itemsize = kwargs["DV"], named_args["W"].element_size()
+        keep = []
+        for config in configs:
+            held, passing = config.kwargs[resident], config.kwargs[streamed]
+            shared = (held + config.num_stages * passing) * dv * itemsize
+            per_thread = held * dv // (32 * config.num_warps)
+            if shared <= SHARED_MEMORY_BYTES and per_thread <= MAX_ACCUMULATOR_PER_THREAD:
+                keep.append(config)
+        return keep or configs[-1:]
+
+    return {"early_config_prune": prune}
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -73,8 +85,11 @@ def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def class_splits(device: torch.device, row_blocks: int, class_blocks: int) -> int:
+def class_splits(device: torch.device, rows: int, num_classes: int) -> int:
     """How many programs share the classes of one block of rows in the forward pass: about
-    two programs per SM in all (one row block alone would leave most SMs idle)."""
+    two per SM in all (one row block alone would leave most SMs idle). Independent of the
+    tuned block sizes, so the partial buffers can be allocated before tuning."""
+    row_blocks = -(-rows // ROWS_PER_BLOCK_FOR_SPLITS)
+    class_blocks = -(-num_classes // (16 if interpreted() else ROWS_PER_BLOCK_FOR_SPLITS))
     wanted = 2 * sm_count(device.index or 0) if device.type == "cuda" else 4
     return max(1, min(class_blocks, -(-wanted // row_blocks)))

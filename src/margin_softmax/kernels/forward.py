@@ -24,12 +24,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import blocks, class_splits, dot_precision, upcast_dots
+from .config import class_splits, dot_precision, padded_dim, pruner, tuning_configs, upcast_dots
 from .tiles import dot_acc, load_rows
 
 MAX_INIT = -1.0e30  # finite start for the running max: no inf - inf in the rescale
 
 
+@triton.autotune(tuning_configs(), key=["DV", "WITH_V"],
+                 prune_configs_by=pruner(resident="BLOCK_N", streamed="BLOCK_C"))
 @triton.jit
 def lse_kernel(
     X, W, INV, R, Y, M, S, T, V, N, C, D,
@@ -88,18 +90,15 @@ def non_target_softmax(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor,
     weight (C, D) in one dtype, inv (C,) and r (N,) float32, labels (N,) int64."""
     n, dim = x.shape
     num_classes = weight.shape[0]
-    b = blocks(dim, weight.dtype)
-    row_blocks = triton.cdiv(n, b.n)
-    splits = class_splits(x.device, row_blocks, triton.cdiv(num_classes, b.c))
+    splits = class_splits(x.device, n, num_classes)
     m, s, t = torch.empty(3, splits, n, device=x.device, dtype=torch.float32)
     v = torch.empty(splits if with_v else 0, n, dim, device=x.device, dtype=torch.float32)
     inv_cap = 2.0**15 if weight.dtype == torch.float16 else float("inf")
-    lse_kernel[(row_blocks, splits)](
+    lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)](
         x, weight, inv, r, labels, m, s, t, v, n, num_classes, dim,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        BLOCK_N=b.n, BLOCK_C=b.c, DV=b.dv, WITH_COS_MEAN=with_cos_mean, WITH_V=with_v,
-        INV_CAP=inv_cap, UPCAST=upcast_dots(weight.dtype), PRECISION=dot_precision(weight.dtype),
-        num_warps=b.warps, num_stages=b.stages,
+        DV=padded_dim(dim), WITH_COS_MEAN=with_cos_mean, WITH_V=with_v, INV_CAP=inv_cap,
+        UPCAST=upcast_dots(weight.dtype), PRECISION=dot_precision(weight.dtype),
     )
     m_all = m.max(dim=0).values  # (N,)
     rescale = torch.exp(m - m_all)  # (splits, N)
