@@ -190,9 +190,10 @@ def test_cosface_and_arcface_logits_follow_the_formulas():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sphereface_psi_prime_reaches_its_limit_at_the_pole(dtype):
-    # psi(c) = T_4(c) = 8c^4 - 8c^2 + 1 near c = 1, so psi'(1) = 16 (not 0)
+    # psi = T_4(c) = 8c^4 - 8c^2 + 1 near c = 1 (k = 0) and -T_4(c) - 6 near c = -1 (k = 3),
+    # so psi'(1) = 16 and psi'(-1) = +16 (monotonic), neither 0 nor -16
     margin = Margin(m1=4.0, fallback="piecewise")
-    c = torch.tensor([1.0, 1 - 1e-3], dtype=dtype)
+    c = torch.tensor([1.0, 1 - 1e-3, -1.0, -1 + 1e-3], dtype=dtype)
     _, grad = margin.psi_and_grad(c)
-    expected = 32 * c**3 - 16 * c
+    expected = (32 * c**3 - 16 * c) * torch.tensor([1, 1, -1, -1], dtype=dtype)
     torch.testing.assert_close(grad, expected, rtol=1e-3, atol=0)

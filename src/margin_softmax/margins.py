@@ -108,24 +108,25 @@ class Margin:
         m1, m2, m3 = self.m1, self.m2, self.m3
         eps = clamp_eps(c.dtype)
         cc = c.clamp(-1 + eps, 1 - eps)  # psi' is evaluated here: finite at the poles
+        tc = m1 * torch.acos(cc) + m2  # t at the clamped cosine
         if m1 == 1:  # cos(theta + m2) without arccos: exact near +-1
             sin_theta = torch.sqrt((1 - c * c).clamp_min(0))  # sin(theta) >= 0
             cos_t = c * math.cos(m2) - sin_theta * math.sin(m2)
             grad = math.cos(m2) + math.sin(m2) * cc / torch.sqrt(1 - cc * cc)
-            t = torch.acos(c) + m2 if self.fallback == "piecewise" else None
             beyond = c <= math.cos(math.pi - m2)  # t >= pi, as the seed tests it
         else:
             t = m1 * torch.acos(c) + m2
             cos_t = torch.cos(t)
-            grad = m1 * torch.sin(m1 * torch.acos(cc) + m2) / torch.sqrt(1 - cc * cc)
+            grad = m1 * torch.sin(tc) / torch.sqrt(1 - cc * cc)
             beyond = t > math.pi
         value = cos_t - m3
 
         if self.fallback == "piecewise":
+            t = m1 * torch.acos(c) + m2
             k = torch.floor(t / math.pi).clamp_min(0)
-            sign = 1 - 2 * torch.remainder(k, 2)  # (-1)^k
-            value = sign * cos_t - 2 * k - m3
-            grad = sign * grad
+            value = (1 - 2 * torch.remainder(k, 2)) * cos_t - 2 * k - m3  # (-1)^k cos t - 2k
+            k_c = torch.floor(tc / math.pi).clamp_min(0)  # the piece psi' is taken in
+            grad = (1 - 2 * torch.remainder(k_c, 2)) * grad
         elif self.fallback == "seed":
             value = torch.where(beyond, c - m2 * math.sin(m2) - m3, value)
             grad = torch.where(beyond, torch.ones_like(grad), grad)

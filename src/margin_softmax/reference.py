@@ -142,9 +142,9 @@ def psi_combined(
         dpsi = np.where(c <= 0, 1.0, dpsi)
     elif fallback == "piecewise":
         k = np.maximum(np.floor(t / math.pi), 0)
-        sign = (-1.0) ** k
-        psi = sign * np.cos(t) - 2 * k - m3
-        dpsi = sign * dpsi
+        psi = (-1.0) ** k * np.cos(t) - 2 * k - m3
+        k_c = np.maximum(np.floor((m1 * np.arccos(cc) + m2) / math.pi), 0)  # psi' is taken here
+        dpsi = (-1.0) ** k_c * dpsi
     elif fallback != "none":
         raise ValueError(f"unknown fallback {fallback!r}")
     return psi, dpsi
