@@ -1,10 +1,10 @@
-"""The chunked margin cross-entropy as one autograd.Function.
+"""The chunked cross-entropy as one autograd.Function: margin losses and plain softmax.
 
-Forward: normalise x, gather the N target rows of weight for cos_it, psi and psi' (margins.py),
-the log-sum-exp over blocks, loss_i = lse_i - r_i psi(cos_it). For a scalar reduction the
-gradients are computed in the same call (backward only scales them by grad_output), which
-saves a second pass over the classes; for reduction="none" backward computes them with the
-per-row grad_output.
+Forward: the target logit from the N target rows of weight (psi and psi' from margins.py),
+then the sweeps over tiles of classes (sweeps.py). For a scalar reduction the gradients are
+computed in the forward call (backward only scales them by grad_output), which saves
+recomputing the logits; for reduction="none" backward runs a gradient sweep with the per-row
+grad_output. Half inputs: matmuls in their dtype, softmax and sums in float32.
 """
 
 from __future__ import annotations
@@ -13,70 +13,105 @@ import torch
 
 from ..functional import compute_dtype
 from ..margins import Margin
-from .shard import shard_gradients, shard_logsumexp
+from .plan import plan_blocks
+from .shard import default_block_size, row_scale_gradient
+from .sweeps import RowSide, fused_sweeps, gradient_sweep, lse_sweep
+from .tiles import ClassTiles
 from .unit_rows import unit_rows, unit_rows_backward
 
 
-def _target_cosines(x_hat: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor):
-    """cos_it (N,) in compute dtype, rounded like the blocks' matmul in weight's dtype."""
-    acc = x_hat.dtype
-    w_hat, _ = unit_rows(weight[labels].to(acc))  # (N, D)
-    x_mm, w_mm = x_hat.to(weight.dtype).to(acc), w_hat.to(weight.dtype).to(acc)
-    return (x_mm * w_mm).sum(1)  # (N,)
+def _target_dot(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """<x_i, w_i> (N,) in compute dtype, both rounded to dtype first like the tiles' matmul."""
+    return (x.to(dtype).to(x.dtype) * w.to(dtype).to(x.dtype)).sum(1)
 
 
-class ChunkedMarginCrossEntropy(torch.autograd.Function):
+def _row_side(embeddings, weight, labels, bias, scale, margin, row_scale):
+    """(RowSide, x_norm or None, psi' (N,)): the row side of the problem in compute dtype."""
+    acc, wd = compute_dtype(embeddings.dtype), weight.dtype
+    n = embeddings.shape[0]
+    if margin is None:  # plain softmax: logits x W^T + b
+        x, x_norm = embeddings.to(acc), None
+        target_logit = _target_dot(x, weight[labels].to(acc), wd)
+        if bias is not None:
+            target_logit = target_logit + bias[labels].to(acc)
+        r, dpsi = torch.ones_like(target_logit), torch.ones_like(target_logit)
+        scaled = x
+    else:
+        x, x_norm = unit_rows(embeddings.to(acc))  # (N, D), (N,)
+        w_hat, _ = unit_rows(weight[labels].to(acc))  # (N, D): the N target centres
+        psi, dpsi = margin.psi_and_grad(_target_dot(x, w_hat, wd))
+        r = torch.full((n,), scale, dtype=acc, device=x.device)
+        r = r if row_scale is None else row_scale.to(acc)
+        target_logit, scaled = r * psi, r[:, None] * x
+    rows = RowSide(x.to(wd), scaled.to(wd), labels, target_logit, r)
+    return rows, x, x_norm, dpsi
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """loss_i = logsumexp_j logit_ij - logit_iy, logits never held whole (see module doc)."""
+
     @staticmethod
-    def forward(ctx, embeddings, weight, row_scale, labels, scale, margin, reduction):
+    def forward(ctx, embeddings, weight, row_scale, bias, labels, scale, margin, reduction):
         with torch.autocast(embeddings.device.type, enabled=False):
-            acc = compute_dtype(embeddings.dtype)
-            x_hat, x_norm = unit_rows(embeddings.to(acc))  # (N, D), (N,)
-            psi, dpsi = margin.psi_and_grad(_target_cosines(x_hat, weight, labels))
-            n = embeddings.shape[0]
-            r = torch.full((n,), scale, dtype=acc) if row_scale is None else row_scale.to(acc)
-            target_logit = r * psi  # (N,)
-            lse = shard_logsumexp(x_hat, weight, labels, target_logit, r)  # (N,)
-            loss = lse - target_logit  # (N,)
-            ctx.has_row_scale = row_scale is not None
-            ctx.reduction = reduction
-            state = (x_hat, x_norm, weight, labels, target_logit, dpsi, r, lse)
+            rows, x, x_norm, dpsi = _row_side(
+                embeddings, weight, labels, bias, scale, margin, row_scale
+            )
+            n, c = embeddings.shape[0], weight.shape[0]
+            normalized = margin is not None
+            need_grads = any(ctx.needs_input_grad[:4])
+            need_dot = row_scale is not None and ctx.needs_input_grad[2]
+            ctx.extra = (reduction, x, x_norm, row_scale is not None, bias is not None, need_dot)
+            row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
+            block_rows = plan_blocks(n, c)
+            grads = None
+            if need_grads and reduction != "none" and block_rows is not None:
+                classes = ClassTiles(weight, default_block_size(block_rows), normalized, bias)
+                lse, grads = fused_sweeps(classes, rows, row_grad, dpsi, block_rows, need_dot)
+            else:
+                classes = ClassTiles(weight, default_block_size(n), normalized, bias)
+                lse = lse_sweep(classes, rows)
+                if need_grads and reduction != "none":
+                    grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, need_dot)
+            loss = lse - rows.target_logit  # (N,)
             if reduction == "none":
-                ctx.state = state
+                ctx.state = (classes, rows, lse, dpsi)
                 return loss.to(embeddings.dtype)
-            row_grad = torch.full((n,), 1.0 / n if reduction == "mean" else 1.0, dtype=acc)
-            ctx.grads = _input_gradients(state, row_grad)
+            if grads is not None:
+                ctx.grads = _input_gradients(ctx, grads, rows, row_grad, weight, bias)
             total = loss.mean() if reduction == "mean" else loss.sum()
             return total.to(embeddings.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        if ctx.reduction == "none":
+        if ctx.extra[0] == "none":
+            classes, rows, lse, dpsi = ctx.state
             with torch.autocast(grad_output.device.type, enabled=False):
-                grads = _input_gradients(ctx.state, grad_output)
+                row_grad = grad_output.to(lse.dtype)
+                grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, ctx.extra[5])
+                result = _input_gradients(ctx, grads, rows, row_grad, classes.weight, None)
         else:
-            if ctx.grads is None:
+            if getattr(ctx, "grads", None) is None:
                 raise RuntimeError(
-                    "chunked margin cross-entropy: backward ran twice "
-                    "(retain_graph is not supported for reduction='mean'/'sum')"
+                    "chunked cross-entropy: backward ran twice (retain_graph is not "
+                    "supported for reduction='mean' or 'sum')"
                 )
-            grads, ctx.grads = ctx.grads, None  # drop our reference: autograd may keep it
+            result, ctx.grads = ctx.grads, None  # drop our reference: autograd may keep it
             if not bool(grad_output == 1):
-                grads = tuple(g.mul_(grad_output) for g in grads)
-        d_embeddings, d_weight, d_row_scale = grads
-        if not ctx.has_row_scale:
-            d_row_scale = None
-        return d_embeddings, d_weight, d_row_scale, None, None, None, None
+                result = tuple(None if g is None else g.mul_(grad_output) for g in result)
+        d_embeddings, d_weight, d_row_scale, d_bias = result
+        return d_embeddings, d_weight, d_row_scale, d_bias, None, None, None, None
 
 
-def _input_gradients(state, row_grad):
-    """(d_embeddings, d_weight, d_row_scale) for sum_i row_grad_i * loss_i."""
-    x_hat, x_norm, weight, labels, target_logit, dpsi, r, lse = state
-    d_x_hat, d_weight, d_r = shard_gradients(
-        x_hat, weight, labels, target_logit, dpsi, r, lse, row_grad.to(r.dtype)
-    )
-    d_embeddings = unit_rows_backward(d_x_hat, x_hat, x_norm).to(weight.dtype)
-    return d_embeddings, d_weight, d_r
+def _input_gradients(ctx, grads, rows, row_grad, weight, bias):
+    """(d_embeddings, d_weight, d_row_scale, d_bias) in the inputs' dtypes."""
+    _, x, x_norm, has_row_scale, has_bias, need_dot = ctx.extra
+    d_x = grads.d_x if x_norm is None else unit_rows_backward(grads.d_x, x, x_norm)
+    d_row_scale = None
+    if has_row_scale and need_dot:
+        d_row_scale = row_scale_gradient(grads.dot, rows.row_scale, row_grad)
+    d_bias = grads.d_bias if has_bias else None
+    return d_x.to(weight.dtype), grads.d_weight.to(weight.dtype), d_row_scale, d_bias
 
 
 def chunked_margin_cross_entropy(
@@ -90,6 +125,17 @@ def chunked_margin_cross_entropy(
 ) -> torch.Tensor:
     """margin_cross_entropy(...) without the (N, C) logits. embeddings (N, D), weight (C, D),
     labels (N,), row_scale (N,) or None (then r_i = scale). Returns a scalar or (N,)."""
-    return ChunkedMarginCrossEntropy.apply(
-        embeddings, weight, row_scale, labels, scale, margin, reduction
+    return ChunkedCrossEntropy.apply(
+        embeddings, weight, row_scale, None, labels, scale, margin, reduction
     )
+
+
+def chunked_softmax_cross_entropy(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """cross_entropy(x W^T + b, labels) without the (N, C) logits; x (N, D), W (C, D)."""
+    return ChunkedCrossEntropy.apply(embeddings, weight, None, bias, labels, 1.0, None, reduction)
