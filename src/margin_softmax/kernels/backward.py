@@ -20,12 +20,11 @@ import triton
 import triton.language as tl
 
 from ..functional import NORM_EPS
-from .config import dot_precision, padded_dim, pruner, tuning_configs, upcast_dots
+from .config import autotune, dot_precision, padded_dim, upcast_dots
 from .tiles import dot_acc, load_rows
 
 
-@triton.autotune(tuning_configs(), key=["DV"],
-                 prune_configs_by=pruner(resident="BLOCK_C", streamed="BLOCK_N"))
+@autotune(["DV"], resident="BLOCK_C", streamed="BLOCK_N")
 @triton.jit
 def weight_grad_kernel(
     X, W, INV, R, Y, LSE, GR, TGT, DW, N, C, D,

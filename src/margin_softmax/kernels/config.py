@@ -7,8 +7,9 @@ Candidates are pruned before tuning so that the resident tile plus the pipelined
 tiles fit in shared memory and the accumulator takes at most ~128 registers per thread
 (64 x 64 tiles and 8 warps for bfloat16 at D = 512: 192 KiB of shared memory, under
 Hopper's 227 KiB). Both kernels only store their outputs, so benchmarking a config by
-running it is harmless. Under the CPU interpreter there is one config, 16 wide (tl.dot's
-minimum), so tiny test problems cross block edges.
+running it is harmless; the choice is cached on disk per D and dtype (cache_results).
+Under the CPU interpreter there is one config, 16 wide (tl.dot's minimum), so tiny test
+problems cross block edges.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) fits no c
 ROWS_PER_BLOCK_FOR_SPLITS = 64
 CANDIDATES = [  # (BLOCK_N, BLOCK_C, warps, stages)
     (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 8, 3), (64, 64, 8, 2), (64, 64, 4, 3),
-    (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (16, 16, 4, 2),
+    (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 8, 2), (32, 32, 4, 2), (16, 16, 8, 2),
+    (16, 16, 4, 2),
 ]
 
 
@@ -63,9 +65,16 @@ def pruner(resident: str, streamed: str):
             per_thread = held * dv // (32 * config.num_warps)
             if shared <= SHARED_MEMORY_BYTES and per_thread <= MAX_ACCUMULATOR_PER_THREAD:
                 keep.append(config)
-        return keep or configs[-1:]
+        wide = [c for c in keep if min(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_C"]) > 16]
+        return wide or keep or configs[-1:]  # 16-wide tiles only as the last resort
 
     return {"early_config_prune": prune}
+
+
+def autotune(key: list[str], resident: str, streamed: str):
+    """The autotune decorator of both kernels."""
+    return triton.autotune(tuning_configs(), key=key, prune_configs_by=pruner(resident, streamed),
+                           cache_results=True)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -24,14 +24,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import class_splits, dot_precision, padded_dim, pruner, tuning_configs, upcast_dots
+from .config import autotune, class_splits, dot_precision, padded_dim, upcast_dots
 from .tiles import dot_acc, load_rows
 
 MAX_INIT = -1.0e30  # finite start for the running max: no inf - inf in the rescale
 
 
-@triton.autotune(tuning_configs(), key=["DV", "WITH_V"],
-                 prune_configs_by=pruner(resident="BLOCK_N", streamed="BLOCK_C"))
+@autotune(["DV", "WITH_V"], resident="BLOCK_N", streamed="BLOCK_C")
 @triton.jit
 def lse_kernel(
     X, W, INV, R, Y, M, S, T, V, N, C, D,
