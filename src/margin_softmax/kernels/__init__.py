@@ -35,8 +35,9 @@ def triton_margin_cross_entropy(
 
     embeddings (N, D) and weight (C, D) float32/bfloat16/float16 on one CUDA device (or CPU
     under TRITON_INTERPRET=1), labels (N,) int64, row_scale (N,) or None (use ``scale``).
-    Returns the loss in float32 (float64 for float64 inputs, which go to the chunked path:
-    the kernels accumulate in float32): a scalar, or (N,) for reduction="none".
+    Returns the loss in float32: a scalar, or (N,) for reduction="none". Inputs the kernels
+    do not cover go to the chunked path: float64 (the kernels accumulate in float32) and
+    embedding_dim > 2048 at 16 bits or > 1024 in float32 (the resident tiles would not fit).
     """
     if importlib.util.find_spec("triton") is None:
         raise ValueError("impl='triton' needs the triton package (pip install triton); "
@@ -46,12 +47,6 @@ def triton_margin_cross_entropy(
                          f"{embeddings.device}; use impl='chunked' on the CPU, or set "
                          "TRITON_INTERPRET=1 before importing triton to run the kernels in "
                          "Triton's (slow) interpreter")
-    if embeddings.dtype == torch.float64:
-        from ..chunked import chunked_margin_cross_entropy
-
-        return chunked_margin_cross_entropy(embeddings, weight, labels, scale, margin,
-                                            row_scale, reduction)
-
     from .config import fits, interpreted
     from .function import MarginCrossEntropyRows
 
@@ -59,10 +54,11 @@ def triton_margin_cross_entropy(
         raise ValueError("the Triton kernels were compiled for the GPU (TRITON_INTERPRET was "
                          "unset when they were first imported); CPU tensors need "
                          "TRITON_INTERPRET=1 set before that import")
-    if not fits(weight.shape[1], weight.dtype):
-        raise ValueError(f"impl='triton' supports embedding_dim up to 2048 (16-bit) or 1024 "
-                         f"(float32), got {weight.shape[1]} in {weight.dtype}; use "
-                         "impl='chunked'")
+    if embeddings.dtype == torch.float64 or not fits(weight.shape[1], weight.dtype):
+        from ..chunked import chunked_margin_cross_entropy
+
+        return chunked_margin_cross_entropy(embeddings, weight, labels, scale, margin,
+                                            row_scale, reduction)
     from ..functional import normalize
 
     x_hat = normalize(embeddings.float())  # (N, D), norms in float32 as eager does

@@ -92,7 +92,7 @@ def non_target_softmax(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor,
     splits = class_splits(x.device, n, num_classes)
     m, s, t = torch.empty(3, splits, n, device=x.device, dtype=torch.float32)
     v = torch.empty(splits if with_v else 0, n, dim, device=x.device, dtype=torch.float32)
-    inv_cap = 2.0**15 if weight.dtype == torch.float16 else float("inf")
+    inv_cap = 2.0**15 if weight.dtype == torch.float16 else 3.0e38
     lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)](
         x, weight, inv, r, labels, m, s, t, v, n, num_classes, dim,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
