@@ -1,0 +1,1 @@
+"""The ``margin-softmax`` command line: ``compare``, ``train`` and ``eval`` (one file each)."""

@@ -1,0 +1,95 @@
+"""Helpers shared by the subcommands: the one-line error, argument types, output folders."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..registry import resolve_name
+
+
+class CliError(Exception):
+    """A problem with the user's arguments or files: printed as one line, exit status 2."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def loss_names(text: str) -> list[str]:
+    """'arcface,cosface' -> ['arcface', 'cosface'] (registered names; aliases resolved)."""
+    try:
+        return [resolve_name(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def parse_value(text: str) -> Any:
+    """A parameter value from the command line: 4 -> int, 0.2 -> float, true -> True,
+    none -> None, anything else stays a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, (int, float)) else text
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """'m3=0.1' -> ('m3', 0.1)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key.strip(), parse_value(value)
+
+
+def set_threads(threads: int | None) -> None:
+    """Fix torch's intra-op threads. One thread is fastest for these small networks on a
+    shared machine (two threads fighting other processes can be 10-20x slower)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def output_folder(path: str | os.PathLike, force: bool) -> Path:
+    """Create the folder ``path`` for results; refuse one that holds files unless ``force``
+    (then only files with the names we write are replaced; nothing is deleted)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise CliError(
+            f"--out {out}: folder is not empty; choose a new folder or pass --force "
+            "(files with the names compare writes are replaced, others are kept)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"--out {out}: cannot create the folder ({error.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise CliError(f"--out {out}: folder is not writable")
+    return out

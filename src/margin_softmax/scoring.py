@@ -1,0 +1,232 @@
+"""Readers for verification score files, cosine scoring of embeddings, and the summary of
+metrics that ``eval`` and ``compare`` print.
+
+Formats (whitespace-separated, one trial per line, blank lines ignored):
+
+- trials, Kaldi:     ``enroll test target|nontarget``
+- trials, VoxCeleb:  ``1|0 enroll test``
+- scores, Kaldi:     ``enroll test score``  (joined to the trials on the (enroll, test) pair)
+- two columns:       ``label score``        (label target|nontarget|1|0)
+- embeddings:        .npy (N, D), the trials name rows by index 0..N-1; or .npz with
+                     ``embeddings`` (N, D) and optional ``names`` (N,) the trials use.
+
+Every problem raises ScoreFileError (a ValueError) whose message starts ``file:line:``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+
+LABELS = {"target": 1, "nontarget": 0, "non-target": 0, "1": 1, "0": 0}
+
+
+class ScoreFileError(ValueError):
+    """A missing, malformed or inconsistent input file: 'file:line: what is wrong'."""
+
+    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class Trials:
+    """Trials read from a file: enroll[t], test[t], label[t] (1 target, 0 non-target) and
+    the line each came from."""
+
+    enroll: list[str]
+    test: list[str]
+    labels: np.ndarray  # (T,) int64
+    lines: list[int]
+
+
+def _rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreFileError(path, "no such file" if not path.exists() else "not a file")
+    with open(path, "rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            try:
+                fields = raw.decode("utf-8").split()
+            except UnicodeDecodeError:
+                raise ScoreFileError(path, "not UTF-8 text", line) from None
+            if fields:
+                yield line, fields
+
+
+def _label(path, line: int, text: str) -> int:
+    if text.lower() not in LABELS:
+        raise ScoreFileError(path, f"label must be target, nontarget, 1 or 0; got {text!r}", line)
+    return LABELS[text.lower()]
+
+
+def _score(path, line: int, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScoreFileError(path, f"score is not a number: {text!r}", line) from None
+    if not math.isfinite(value):
+        raise ScoreFileError(path, f"score must be finite; got {text!r}", line)
+    return value
+
+
+def read_trials(path: str | os.PathLike) -> Trials:
+    """Trials in Kaldi (``enroll test target``) or VoxCeleb (``1 enroll test``) order; the
+    first line decides which, and every line must follow it."""
+    trials = Trials([], [], np.zeros(0, np.int64), [])
+    labels, kaldi = [], None
+    for line, fields in _rows(path):
+        if len(fields) != 3:
+            raise ScoreFileError(
+                path, f"expected 3 fields 'enroll test target|nontarget', got {len(fields)}", line
+            )
+        if kaldi is None:
+            kaldi = fields[2].lower() in LABELS or fields[0].lower() not in LABELS
+        enroll, test, label = fields if kaldi else (fields[1], fields[2], fields[0])
+        labels.append(_label(path, line, label))
+        trials.enroll.append(enroll)
+        trials.test.append(test)
+        trials.lines.append(line)
+    if not labels:
+        raise ScoreFileError(path, "no trials (the file is empty)")
+    trials.labels = np.asarray(labels, dtype=np.int64)
+    return trials
+
+
+def read_scores(path: str | os.PathLike) -> dict[tuple[str, str], tuple[float, int]]:
+    """Kaldi scores ``enroll test score``: (enroll, test) -> (score, line)."""
+    scores: dict[tuple[str, str], tuple[float, int]] = {}
+    for line, fields in _rows(path):
+        if len(fields) != 3:
+            raise ScoreFileError(path, f"expected 3 fields 'enroll test score', got {len(fields)}",
+                                 line)
+        pair = (fields[0], fields[1])
+        if pair in scores:
+            raise ScoreFileError(path, f"pair {pair[0]} {pair[1]} is already scored on line "
+                                 f"{scores[pair][1]}", line)
+        scores[pair] = (_score(path, line, fields[2]), line)
+    if not scores:
+        raise ScoreFileError(path, "no scores (the file is empty)")
+    return scores
+
+
+def read_label_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Two columns ``label score``: scores (T,) float64 and labels (T,) int64."""
+    scores, labels = [], []
+    for line, fields in _rows(path):
+        if len(fields) != 2:
+            hint = "; a 3-field scores file needs --trials" if len(fields) == 3 else ""
+            raise ScoreFileError(path, f"expected 2 fields 'label score', got {len(fields)}"
+                                 f"{hint}", line)
+        labels.append(_label(path, line, fields[0]))
+        scores.append(_score(path, line, fields[1]))
+    if not scores:
+        raise ScoreFileError(path, "no scores (the file is empty)")
+    return np.asarray(scores), np.asarray(labels, dtype=np.int64)
+
+
+def join_scores(
+    trials: Trials, scores: dict[tuple[str, str], tuple[float, int]], trials_path, scores_path
+) -> np.ndarray:
+    """The score of each trial (T,); a trial without a score is an error."""
+    out = np.empty(len(trials.enroll))
+    for t, pair in enumerate(zip(trials.enroll, trials.test, strict=True)):
+        if pair not in scores:
+            raise ScoreFileError(trials_path, f"trial {pair[0]} {pair[1]} has no score in "
+                                 f"{scores_path}", trials.lines[t])
+        out[t] = scores[pair][0]
+    return out
+
+
+def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | None]:
+    """Embeddings (N, D) and their names (N,) when the .npz has ``names``, else None."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreFileError(path, "no such file" if not path.exists() else "not a file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ScoreFileError(path, f"not a .npy or .npz file ({error})") from None
+    names = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = list(loaded.files)
+            if "embeddings" not in keys:
+                raise ScoreFileError(path, f"no 'embeddings' array; it holds {keys}")
+            embeddings = loaded["embeddings"]
+            if "names" in keys:
+                names = [str(n) for n in loaded["names"]]
+    else:
+        embeddings = loaded
+    if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.number):
+        raise ScoreFileError(path, f"embeddings must be a 2-D numeric array; got shape "
+                             f"{embeddings.shape}, dtype {embeddings.dtype}")
+    bad = ~np.isfinite(embeddings).all(axis=1)
+    if bad.any():
+        raise ScoreFileError(path, f"row {int(np.flatnonzero(bad)[0])} is not finite")
+    if names is not None and len(names) != embeddings.shape[0]:
+        raise ScoreFileError(path, f"{len(names)} names for {embeddings.shape[0]} embeddings")
+    return embeddings.astype(np.float64), names
+
+
+def cosine_scores(
+    embeddings: np.ndarray, names: list[str] | None, trials: Trials, trials_path, emb_path
+) -> np.ndarray:
+    """cos(e_enroll, e_test) of each trial (T,); trials name rows by ``names`` or by index."""
+    index = {name: k for k, name in enumerate(names)} if names is not None else None
+    n = embeddings.shape[0]
+
+    def row(key: str, t: int) -> int:
+        if index is not None:
+            if key not in index:
+                raise ScoreFileError(trials_path, f"{key!r} is not a name in {emb_path}",
+                                     trials.lines[t])
+            return index[key]
+        if not key.isdigit() or int(key) >= n:
+            raise ScoreFileError(trials_path, f"{key!r} is not a row index 0..{n - 1} of "
+                                 f"{emb_path} (which has no names)", trials.lines[t])
+        return int(key)
+
+    i = np.array([row(k, t) for t, k in enumerate(trials.enroll)], dtype=np.int64)  # (T,)
+    j = np.array([row(k, t) for t, k in enumerate(trials.test)], dtype=np.int64)  # (T,)
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    return np.einsum("td,td->t", unit[i], unit[j])
+
+
+def far_key(far: float) -> str:
+    """'tar_at_far_1e-3' for far = 0.001."""
+    return "tar_at_far_" + np.format_float_scientific(far, trim="-", exp_digits=1)
+
+
+def summary(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    p_targets: Sequence[float] = (0.01, 0.05),
+    fars: Sequence[float] = (1e-3,),
+) -> dict[str, float]:
+    """EER, minDCF at each p_target (``min_dcf`` is the first), TAR at each FAR; fractions."""
+    out = {"eer": metrics.eer(scores, labels)}
+    for k, p in enumerate(p_targets):
+        value = metrics.min_dcf(scores, labels, p_target=p)
+        if k == 0:
+            out["min_dcf"] = value
+        out[f"min_dcf_{p:g}"] = value
+    for far in fars:
+        out[far_key(far)] = metrics.tar_at_far(scores, labels, far=far)
+    return out
+
+
+def check_both_classes(labels: np.ndarray, path) -> None:
+    """An error naming ``path`` when the trials lack targets or non-targets."""
+    targets = int(labels.sum())
+    if targets == 0 or targets == labels.size:
+        kind = "target" if targets == 0 else "non-target"
+        raise ScoreFileError(path, f"no {kind} trials among {labels.size}; need both kinds")

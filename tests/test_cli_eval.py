@@ -1,0 +1,105 @@
+"""`margin-softmax eval` in-process: metrics from hand-made files, errors as one line + exit 2."""
+
+import json
+
+import numpy as np
+import pytest
+
+from margin_softmax.cli.main import main
+
+# Targets 0.9, 0.8, 0.3; non-targets 0.7, 0.5, 0.2, 0.1: EER = 1/3 by hand (FRR is 1/3
+# while FAR goes from 1/4 to 1/2), minDCF(0.01) = 1/3, TAR at FAR 0.1% = 2/3.
+LABEL_SCORES = "1 0.9\n1 0.8\n1 0.3\n0 0.7\n0 0.5\n0 0.2\n0 0.1\n"
+
+
+def run(argv):
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse errors
+        return exit_.code
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "ls.txt").write_text(LABEL_SCORES)
+    pairs = [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d"), ("e", "f")]
+    labels = [line.split()[0] for line in LABEL_SCORES.splitlines()]
+    scores = [line.split()[1] for line in LABEL_SCORES.splitlines()]
+    words = {"1": "target", "0": "nontarget"}
+    (tmp_path / "trials").write_text(
+        "".join(f"{e} {t} {words[y]}\n" for (e, t), y in zip(pairs, labels, strict=True))
+    )
+    rows = reversed(list(zip(pairs, scores, strict=True)))  # another order than the trials
+    (tmp_path / "scores").write_text(  # and one score that no trial uses
+        "x y 0.0\n" + "".join(f"{e} {t} {s}\n" for (e, t), s in rows)
+    )
+    return tmp_path
+
+
+def test_label_score_file_json(files, capsys):
+    assert run(["eval", "--scores", files / "ls.txt", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["trials"], result["targets"], result["nontargets"]) == (7, 3, 4)
+    assert result["eer"] == pytest.approx(1 / 3)
+    assert result["min_dcf_0.01"] == result["min_dcf"] == pytest.approx(1 / 3)
+    assert result["tar_at_far_1e-3"] == pytest.approx(2 / 3)
+
+
+def test_kaldi_files_give_the_same_numbers_as_a_table(files, capsys):
+    assert run(["eval", "--trials", files / "trials", "--scores", files / "scores"]) == 0
+    out = capsys.readouterr().out
+    assert "7 (3 targets, 4 non-targets)" in out
+    assert "EER             33.33%" in out
+    assert "minDCF(0.01)    0.3333" in out
+    assert "TAR@FAR=0.001   66.67%" in out
+
+
+def test_embeddings_and_trials(tmp_path, capsys):
+    np.save(tmp_path / "e.npy", np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]]))
+    (tmp_path / "t").write_text("0 1 target\n0 2 nontarget\n0 3 nontarget\n2 3 target\n")
+    assert run(["eval", "--embeddings", tmp_path / "e.npy", "--trials", tmp_path / "t",
+                "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["eer"] == pytest.approx(0.25)  # see test_scoring
+
+
+@pytest.mark.parametrize(
+    "content, line, fragment",
+    [
+        ("1 0.9\n0 0.1\n0 abc\n", 3, "score is not a number: 'abc'"),
+        ("1 0.9\nyes 0.1\n", 2, "label must be target, nontarget, 1 or 0; got 'yes'"),
+        ("1 0.9\n0 0.1 7\n", 2, "expected 2 fields"),
+        ("1 0.9\n0 NaN\n", 2, "score must be finite"),
+    ],
+)
+def test_malformed_file_one_line_error(tmp_path, capsys, content, line, fragment):
+    path = tmp_path / "bad.txt"
+    path.write_text(content)
+    assert run(["eval", "--scores", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{path}:{line}: {fragment}" in err
+
+
+def test_missing_score_and_one_class(files, tmp_path, capsys):
+    (tmp_path / "few").write_text("a b 0.9\n")
+    assert run(["eval", "--trials", files / "trials", "--scores", tmp_path / "few"]) == 2
+    assert f"{files / 'trials'}:2: trial a c has no score in" in capsys.readouterr().err
+    (tmp_path / "targets").write_text("1 0.5\n1 0.7\n")
+    assert run(["eval", "--scores", tmp_path / "targets"]) == 2
+    assert "no non-target trials" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        ([], "nothing to evaluate"),
+        (["--embeddings", "e.npy"], "--embeddings needs --trials"),
+        (["--scores", "missing.txt"], "missing.txt: no such file"),
+        (["--scores", "x", "--p-target", "2"], "--p-target must lie in (0, 1)"),
+        (["--scores", "x", "--far", "abc"], "argument --far: invalid float value"),
+    ],
+)
+def test_argument_errors_exit_2(argv, fragment, capsys):
+    assert run(["eval", *argv]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1

@@ -1,0 +1,53 @@
+"""The loss registry: names, aliases, defaults, parameter checks."""
+
+import inspect
+
+import pytest
+
+from margin_softmax import ArcFace, CombinedMargin, SoftmaxLoss, SphereFace
+from margin_softmax.registry import (
+    DEFAULT_LOSSES,
+    LOSSES,
+    build_head,
+    head_parameters,
+    loss_names,
+    resolve_name,
+)
+
+
+def test_defaults_are_registered_and_build():
+    assert set(DEFAULT_LOSSES) <= set(loss_names())
+    for name in loss_names():
+        head = build_head(name, 4, 3)
+        assert head.weight.shape == (3, 4), name
+
+
+def test_aliases_and_case():
+    assert resolve_name("AAM-Softmax") == "arcface"
+    assert resolve_name(" CosFace ") == "cosface"
+    with pytest.raises(ValueError, match="unknown loss 'x'; choose from softmax, normface"):
+        resolve_name("x")
+
+
+def test_registry_defaults_override_class_defaults_and_params_override_both():
+    head = build_head("arcface", 4, 3)
+    assert isinstance(head, ArcFace) and (head.margin, head.scale) == (0.3, 30.0)
+    assert head_parameters("arcface")["fallback"] == "seed"  # the class's own default
+    head = build_head("arcface", 4, 3, margin=0.1, fallback="continuous")
+    assert (head.margin, head.fallback) == (0.1, "continuous")
+    sphere = build_head("sphereface", 4, 3)
+    assert isinstance(sphere, SphereFace) and sphere.margin == 4 and sphere.anneal
+    assert isinstance(build_head("combined", 4, 3, m3=0.05), CombinedMargin)
+    assert isinstance(build_head("softmax", 4, 3), SoftmaxLoss)
+
+
+def test_unknown_parameter_lists_the_accepted_ones():
+    with pytest.raises(ValueError, match="loss 'softmax' has no parameter 'scale'; its "
+                                         "parameters are: bias"):
+        build_head("softmax", 4, 3, scale=30.0)
+
+
+def test_every_default_is_a_constructor_parameter():
+    for name, spec in LOSSES.items():
+        accepted = inspect.signature(spec.head.__init__).parameters
+        assert set(spec.defaults) <= set(accepted), name
