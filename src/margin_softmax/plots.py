@@ -60,23 +60,28 @@ def unit_circle(
 
 
 def target_logit_curves(margins: dict[str, Margin | None], path: str | os.PathLike) -> None:
-    """margins: label -> the loss's Margin; None or an identity Margin (no margin: the target
-    logit is the plain cosine) joins the dotted reference line cos(theta)."""
+    """margins: label -> the loss's Margin. An identity Margin (no margin: the target logit is
+    the plain cosine) joins the dotted reference line cos(theta); None (a margin that varies
+    per sample, e.g. with the feature norm) is listed under the plot, not drawn."""
     theta = torch.linspace(0, math.pi, 721, dtype=torch.float64)  # (T,)
     degrees = theta.numpy() * 180 / math.pi
     fig = Figure(figsize=(6.4, 4.4), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    plain = [name for name, m in margins.items() if m is None or m.is_identity]
+    plain = [name for name, m in margins.items() if m is not None and m.is_identity]
+    varying = [name for name, m in margins.items() if m is None]
     reference = "cos theta" + (f": {', '.join(plain)}" if plain else "")
     ax.plot(degrees, torch.cos(theta).numpy(), ":", color="0.3", lw=1.8, label=reference)
     for k, (name, margin) in enumerate(margins.items()):
-        if name not in plain:
+        if margin is not None and name not in plain:
             psi = margin.psi(torch.cos(theta))  # (T,)
             ax.plot(degrees, psi.numpy(), color=f"C{k % 10}", label=name, lw=1.8)
     ax.axhline(0, color="0.8", lw=0.8)
     ax.set_xlim(0, 180)
-    ax.set_xlabel("angle to the class centre, theta (degrees)")
+    xlabel = "angle to the class centre, theta (degrees)"
+    if varying:
+        xlabel += f"\nnot drawn (margin varies per sample): {', '.join(varying)}"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("target logit / scale, psi(theta)")
     ax.set_title("Target-logit curves: margins push the target logit down")
     ax.legend(fontsize=8)

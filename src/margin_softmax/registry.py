@@ -16,7 +16,21 @@ from typing import Any
 
 from torch import nn
 
-from .heads import ArcFace, CombinedMargin, CosFace, NormFace, SoftmaxLoss, SphereFace
+from .heads import (
+    AdaCos,
+    AdaFace,
+    ArcFace,
+    CombinedMargin,
+    CosFace,
+    CurricularFace,
+    ElasticArcFace,
+    ElasticCosFace,
+    MagFace,
+    NormFace,
+    SoftmaxLoss,
+    SphereFace,
+    SubCenterArcFace,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,13 @@ LOSSES: dict[str, LossSpec] = {
     "arcface": LossSpec(ArcFace, {"margin": 0.3, "scale": 30.0}),
     "sphereface": LossSpec(SphereFace, {"margin": 4, "anneal": True, "lambda_gamma": 0.5}),
     "combined": LossSpec(CombinedMargin, {"m1": 1.0, "m2": 0.2, "m3": 0.1, "scale": 30.0}),
+    "subcenter-arcface": LossSpec(SubCenterArcFace, {"margin": 0.3, "scale": 30.0}),
+    "adacos": LossSpec(AdaCos),
+    "curricularface": LossSpec(CurricularFace, {"margin": 0.3, "scale": 30.0}),
+    "adaface": LossSpec(AdaFace, {"margin": 0.3, "scale": 30.0}),
+    "magface": LossSpec(MagFace, {"scale": 30.0}),
+    "elastic-arcface": LossSpec(ElasticArcFace, {"margin": 0.3, "scale": 30.0}),
+    "elastic-cosface": LossSpec(ElasticCosFace, {"margin": 0.3, "scale": 30.0}),
 }
 
 ALIASES = {"am-softmax": "cosface", "aam-softmax": "arcface", "a-softmax": "sphereface"}

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import __version__, data, metrics, plots, report, scoring
+from ..heads import SoftmaxLoss
 from ..margins import Margin
 from ..registry import DEFAULT_LOSSES, build_head, head_parameters
 from ..training import TrainConfig, build_model, embed, fit
@@ -104,7 +105,10 @@ def cosine_trials(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.nd
 
 
 def margin_of(head: torch.nn.Module) -> Margin | None:
-    """The head's current Margin when it has one fixed margin for all samples, else None."""
+    """The head's current Margin when it has one fixed margin for all samples (no margin for
+    plain softmax), else None."""
+    if isinstance(head, SoftmaxLoss):
+        return Margin()
     spec = getattr(head, "margin_spec", None)
     try:
         margin = spec() if callable(spec) else None
