@@ -32,8 +32,9 @@ CLASSES_2D = 8  # classes in the unit-circle figure
 SAMPLES_2D = 100  # samples per class of the synthetic 2-D run
 
 FIGURES = (
-    ("unit_circle.png", "2-D embeddings (embedding_dim=2, a few training classes) normalised "
-     "onto the unit circle; lines are the class-centre directions. Margins leave gaps."),
+    ("unit_circle.png", "A separate run with embedding_dim=2 (8 synthetic identities, or the "
+     "training digits): embeddings normalised onto the unit circle, coloured by class; lines "
+     "are the class-centre directions. With a margin, classes gather closer to their centres."),
     ("target_logit.png", "Target-logit curves psi(theta): how each loss bends the target "
      "logit s*cos(theta) as the angle to the class centre grows."),
     ("scores.png", "Cosine scores of target and non-target trials on held-out identities."),
@@ -126,6 +127,15 @@ def curve_label(name: str, margin: Margin) -> str:
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
+def train_one(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, config: TrainConfig,
+              progress: bool, desc: str):
+    """The network and the head of loss ``name`` trained on x (N, D), y (N,); and fit's result."""
+    model = build_model(x.shape[1], config)
+    model.set_input_scaling(x)
+    head = build_head(name, config.embedding_dim, num_classes)
+    return model, head, fit(model, head, x, y, config, progress=progress, desc=desc)
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -150,10 +160,8 @@ def run(args: argparse.Namespace) -> int:
     results: dict = {"losses": {}}
     circle, curves, trials = {}, {}, {}
     for name in losses:
-        model = build_model(x.shape[1], config)
-        model.set_input_scaling(x_train)
-        head = build_head(name, config.embedding_dim, num_classes)
-        trained = fit(model, head, x_train, y_train, config, progress=progress, desc=name)
+        model, head, trained = train_one(name, x_train, y_train, num_classes, config, progress,
+                                         desc=name)
         with torch.no_grad():
             logits = head.logits(torch.as_tensor(embed(model, x_test)))  # (N_test, C)
         scores = cosine_trials(embed(model, split.held_out_features), ti, tj)  # (T,)
@@ -167,10 +175,8 @@ def run(args: argparse.Namespace) -> int:
         curves[name if margin is None else curve_label(name, margin)] = margin
         trials[name] = (scores, target)
 
-        model_2d = build_model(x.shape[1], config_2d)
-        model_2d.set_input_scaling(x_2d)
-        head_2d = build_head(name, 2, classes_2d)
-        fit(model_2d, head_2d, x_2d, y_2d, config_2d, progress=progress, desc=f"{name} 2-D")
+        model_2d, head_2d, _ = train_one(name, x_2d, y_2d, classes_2d, config_2d, progress,
+                                         desc=f"{name} 2-D")
         centres = head_2d.weight.detach().numpy()
         centres = centres if centres.shape[0] == classes_2d else np.zeros((0, 2))
         circle[name] = (embed(model_2d, x_2d), y_2d, centres)
