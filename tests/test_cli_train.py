@@ -110,6 +110,8 @@ def test_image_folder(tmp_path, capsys):
         (lambda p: p.write_text("a\nb\na\nb\n"), ["--resume"], "--resume needs --checkpoint-dir"),
         (lambda p: p.write_text("a\nb\na\nb\n"), ["--epochs", "0"], "expected a positive"),
         (lambda p: p.write_text("a\na\na\na\n"), [], "need at least 2 classes"),
+        (lambda p: p.write_text("a\nb\na\nb\n"), ["--loss", "sphereface", "--margin-schedule",
+                                                   "1", "2"], "cannot start at margin 0"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys, make, extra, fragment):
@@ -118,6 +120,18 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys, make, extra, fragment)
     assert run(["train", tmp_path / "x.npy", "--labels", tmp_path / "y.txt", *TINY, *extra]) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
+
+
+def test_embed_input_is_checked_before_training(npz, tmp_path, capsys):
+    np.save(tmp_path / "narrow.npy", np.ones((3, 4), np.float32))
+    argv = ["train", npz, *TINY, "--export-embeddings", tmp_path / "e.npy", "--checkpoint-dir",
+            tmp_path / "ck", "--embed"]
+    assert run([*argv, tmp_path / "narrow.npy"]) == 2
+    assert "narrow.npy: rows have 4 values; the training data has 5" in capsys.readouterr().err
+    (tmp_path / "t.txt").write_text("1 2 3\n")
+    assert run([*argv, tmp_path / "t.txt"]) == 2
+    assert "t.txt: expected an .npz or .npy file" in capsys.readouterr().err
+    assert not (tmp_path / "ck").exists()  # nothing was trained
 
 
 def test_missing_and_bad_data_files(tmp_path, capsys):

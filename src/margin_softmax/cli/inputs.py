@@ -47,6 +47,8 @@ def _check_features(x: np.ndarray, path) -> np.ndarray:
 def _load_array_file(path: Path):
     if not path.is_file():
         raise CliError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    if path.suffix not in (".npy", ".npz"):
+        raise CliError(f"{path}: expected an .npz or .npy file, or a folder of image folders")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:

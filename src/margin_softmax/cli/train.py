@@ -95,11 +95,18 @@ def margin_scheduler(args: argparse.Namespace, head: torch.nn.Module, steps_per_
     start, end = args.margin_schedule
     if not hasattr(head, "margin"):
         raise CliError(f"--margin-schedule: loss {args.loss!r} has no single 'margin' to warm up")
-    return MarginScheduler(
+    scheduler = MarginScheduler(
         head, iterations_per_epoch=steps_per_epoch, increase_start_epoch=start,
         fix_start_epoch=end, initial_margin=0.0, final_margin=float(head.margin),
         increase_type=args.margin_ramp,
     )
+    try:  # fail now, not mid-training, where margin 0 is invalid (SphereFace's multiplier)
+        if hasattr(head, "margin_spec"):
+            head.margin_spec()
+    except ValueError as error:
+        raise CliError(f"--margin-schedule: loss {args.loss!r} cannot start at margin 0 "
+                       f"({error})") from None
+    return scheduler
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
 
     data = read_train_data(args.data, args.labels, args.image_size)
+    to_embed = read_features(args.embed, args.image_size) if args.embed else data.features
     params = dict(args.param)
     if args.margin is not None:
         params["margin"] = args.margin
@@ -127,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         embedding_dim=args.embedding_dim, seed=args.seed,
     )
     input_dim = int(np.prod(data.features.shape[1:]))
+    if int(np.prod(to_embed.shape[1:])) != input_dim:
+        raise CliError(f"{args.embed}: rows have {int(np.prod(to_embed.shape[1:]))} values; "
+                       f"the training data has {input_dim}")
     model = build_model(input_dim, config)
     model.set_input_scaling(data.features)
     try:
@@ -160,11 +171,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"checkpoint: {checkpoint}")
 
     if export is not None:
-        features = read_features(args.embed, args.image_size) if args.embed else data.features
-        if int(np.prod(features.shape[1:])) != input_dim:
-            raise CliError(f"{args.embed}: rows have {int(np.prod(features.shape[1:]))} values; "
-                           f"the model takes {input_dim}")
-        embeddings = embed(model, features)  # (N, embedding_dim)
+        embeddings = embed(model, to_embed)  # (N, embedding_dim)
         export.parent.mkdir(parents=True, exist_ok=True)
         if export.suffix == ".npz":
             extra = {} if args.embed else {"labels": data.labels, "names": np.asarray(data.names)}
