@@ -199,3 +199,35 @@ def test_checkpoint_round_trip_with_a_single_process_head(tmp_path):
     save_full(tmp_path / "full", single.weight[:4])  # now two overlapping shards
     with pytest.raises(ValueError, match="exactly once"):
         load_full(tmp_path / "full")
+
+
+def test_autocast_takes_half_embeddings_from_the_backbone_and_returns_a_float32_loss():
+    x, labels, weight = _data()
+    backbone = torch.nn.Linear(5, 5)
+    head, single = ArcFacePartialFC(5, 13), ms.ArcFace(5, 13, impl="eager")
+    for h in (head, single):
+        with torch.no_grad():
+            h.weight.copy_(weight.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embeddings = backbone(x.float())  # bfloat16; the head's weight is float32
+        loss, ref = head(embeddings, labels), single(embeddings, labels)
+    assert embeddings.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=2e-2, atol=0)
+    loss.backward()
+    assert head.weight.grad.dtype == torch.float32 and backbone.weight.grad is not None
+
+
+@pytest.mark.gpu
+def test_cuda_world_size_one_equals_the_eager_head():
+    x, labels, weight = _data(n=64, c=3000, d=32)
+    head = PartialFC(32, 3000, m1=0.9, m2=0.4, m3=0.15, scale=64.0).double().cuda()
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    loss, dx, dw = _grads(lambda e: head(e, labels.cuda()), x.cuda(), head.weight)
+    w = weight.cuda().requires_grad_()
+    ref_loss, ref_dx, ref_dw = _grads(
+        lambda e: ms.margin_cross_entropy(e, w, labels.cuda(), scale=64.0, margin=head.margin,
+                                          impl="eager"), x.cuda(), w)
+    torch.testing.assert_close(loss, ref_loss, **TOL)
+    torch.testing.assert_close(dx, ref_dx, **TOL)
+    torch.testing.assert_close(dw, ref_dw, **TOL)

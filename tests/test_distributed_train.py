@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from margin_softmax.distributed import load_full
@@ -51,3 +52,21 @@ def test_a_rank_that_never_joins_is_an_error_within_the_timeout():
     assert done.returncode == 1
     assert done.stderr.startswith("rank 0: ") and re.search("time", done.stderr, re.IGNORECASE)
     assert time.monotonic() - begin < 30  # import + 2 s, not the default 120 s
+
+
+@pytest.mark.gpu
+def test_torchrun_nccl_one_rank_per_gpu(tmp_path):
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        pytest.skip("NCCL needs two GPUs for two ranks")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        "-m", "margin_softmax.distributed.train", "--device", "cuda", "--classes", "5000",
+        "--steps", "30", "--sample-rate", "0.3", "--log-every", "29", "--save", str(tmp_path),
+    ]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    losses = [float(v) for v in re.findall(r"loss (\S+) .* world", done.stdout)]
+    assert losses[-1] < losses[0]
+    assert load_full(tmp_path).shape == (5000, 64)

@@ -47,7 +47,7 @@ class PartialFC(nn.Module):
         scale: float = 64.0,
         sample_rate: float = 1.0,
         group=None,
-        fallback: str | None = None,
+        fallback: str = "none",
         straight_through: bool = False,
         seed: int = 0,
         block_size: int | None = None,
@@ -70,10 +70,14 @@ class PartialFC(nn.Module):
         self.sampled_rows: torch.Tensor | None = None  # rows of weight used by the last step
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor):
-        x, labels = local_embeddings, local_labels
-        layout = handshake(x, labels, self.weight, self.num_classes, self.group)
+        x, amp_dtype = local_embeddings, None
+        if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+            amp_dtype = torch.get_autocast_dtype(x.device.type)  # the matmuls in it, loss fp32
+            x = x.to(amp_dtype)
+        like = self.weight if amp_dtype is None else self.weight[:0].to(amp_dtype)  # (0, D)
+        layout = handshake(x, local_labels, like, self.num_classes, self.group)
         if layout.total == 0:  # no sample anywhere: a zero that keeps the graph
-            return (local_embeddings.sum() + self.weight.sum()) * 0
+            return (x.sum() + self.weight.sum()) * 0
         labels = gather_rows(local_labels.long(), layout.sizes, self.group)  # (N,)
         inside = (labels >= self.start) & (labels < self.stop)
         local_target = torch.where(inside, labels - self.start, -1)  # (N,)
@@ -86,10 +90,12 @@ class PartialFC(nn.Module):
             self.step += 1
         else:
             self.sampled_rows = None
-        return sharded_margin_cross_entropy(
-            local_embeddings, weight, local_target, layout,
-            self.scale, self.margin, self.group, self.block_size,
+        if amp_dtype is not None:
+            weight = weight.to(amp_dtype)
+        loss = sharded_margin_cross_entropy(
+            x, weight, local_target, layout, self.scale, self.margin, self.group, self.block_size
         )
+        return loss if amp_dtype is None else loss.float()
 
     def extra_repr(self) -> str:
         return (

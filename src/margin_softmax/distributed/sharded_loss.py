@@ -74,7 +74,8 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
             r = torch.full((n,), ctx.scale, dtype=x_hat.dtype, device=x_hat.device)
             row_grad = (grad_output.to(x_hat.dtype) / n).expand(n)  # (N,)
             d_x_hat, d_weight, _ = shard_gradients(
-                x_hat, weight, local_target, t, dpsi, r, lse, row_grad, ctx.block_size
+                x_hat, weight, local_target, t, dpsi, r, lse, row_grad, ctx.block_size,
+                need_row_scale_grad=False,
             )
             d_embeddings = None
             if layout.embeddings_need_grad:  # the same decision on every rank
