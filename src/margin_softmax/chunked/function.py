@@ -13,8 +13,8 @@ import torch
 
 from ..functional import compute_dtype
 from ..margins import Margin
-from .plan import plan_blocks
-from .shard import default_block_size, row_scale_gradient
+from .plan import FUSED_TILE_BYTES, plan_blocks, tile_classes
+from .shard import row_scale_gradient
 from .sweeps import RowSide, fused_sweeps, gradient_sweep, lse_sweep
 from .tiles import ClassTiles
 from .unit_rows import unit_rows, unit_rows_backward
@@ -62,13 +62,15 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             need_dot = row_scale is not None and ctx.needs_input_grad[2]
             ctx.extra = (reduction, x, x_norm, row_scale is not None, bias is not None, need_dot)
             row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
-            block_rows = plan_blocks(n, c)
+            widths = plan_blocks(n, c)
             grads = None
-            if need_grads and reduction != "none" and block_rows is not None:
-                classes = ClassTiles(weight, default_block_size(block_rows), normalized, bias)
-                lse, grads = fused_sweeps(classes, rows, row_grad, dpsi, block_rows, need_dot)
+            if need_grads and reduction != "none" and widths is not None:
+                classes = ClassTiles(
+                    weight, tile_classes(widths[0], FUSED_TILE_BYTES), normalized, bias
+                )
+                lse, grads = fused_sweeps(classes, rows, row_grad, dpsi, widths, need_dot)
             else:
-                classes = ClassTiles(weight, default_block_size(n), normalized, bias)
+                classes = ClassTiles(weight, tile_classes(n), normalized, bias)
                 lse = lse_sweep(classes, rows)
                 if need_grads and reduction != "none":
                     grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, need_dot)

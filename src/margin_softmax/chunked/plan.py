@@ -1,20 +1,34 @@
-"""How the single-device path splits the work: blocks of rows that keep their exp values
-(3 GEMMs, memory KEEP_BYTES) when the classes are few enough, else two sweeps (4 GEMMs)."""
+"""How the single-device path splits the work (constants measured on a 2-core AVX-512 CPU, see
+docs/scale.md): blocks of rows that keep their exp values (3 GEMMs, at most KEEP_BYTES) when
+the classes are few enough, else two sweeps (4 GEMMs); and the classes per tile."""
 
 from __future__ import annotations
 
 import math
 
-KEEP_BYTES = 48 << 20  # the most the kept (C, rows) float32 store may take
+KEEP_BYTES = 40 << 20  # the most the kept (C, rows) float32 store may take
 MIN_KEEP_ROWS = 64  # narrower blocks re-read the weight too often: two sweeps win
+ROW_ALIGN = 16  # CPU GEMMs slow down by up to 2x for widths that are not a multiple of 16
+TILE_BYTES = 4 << 20  # a (classes, N) float32 tile in two sweeps (and the shard primitives)
+FUSED_TILE_BYTES = 3 << 19  # a (classes, rows) tile of the kept store
 
 
-def plan_blocks(n_rows: int, n_classes: int) -> int | None:
-    """Rows per block for fused_sweeps (blocks of equal width), or None for two sweeps."""
+def tile_classes(n_rows: int, tile_bytes: int | None = None) -> int:
+    """Classes per tile so that a (classes, n_rows) float32 tile takes about tile_bytes."""
+    return max(64, (tile_bytes or TILE_BYTES) // (4 * max(n_rows, 1)))
+
+
+def plan_blocks(n_rows: int, n_classes: int) -> list[int] | None:
+    """Widths of the row blocks for fused_sweeps (multiples of ROW_ALIGN, non-increasing,
+    as even as possible), or None when the store would hold too few rows: two sweeps."""
     widest = KEEP_BYTES // (4 * max(n_classes, 1))
     if widest >= n_rows:
-        return n_rows
-    if widest < MIN_KEEP_ROWS:
+        return [n_rows]
+    units, widest_units = math.ceil(n_rows / ROW_ALIGN), widest // ROW_ALIGN
+    if widest_units * ROW_ALIGN < MIN_KEEP_ROWS:
         return None
-    blocks = math.ceil(n_rows / widest)
-    return math.ceil(n_rows / blocks)
+    blocks = math.ceil(units / widest_units)
+    share, extra = divmod(units, blocks)
+    widths = [(share + (i < extra)) * ROW_ALIGN for i in range(blocks)]
+    widths[-1] -= sum(widths) - n_rows
+    return widths

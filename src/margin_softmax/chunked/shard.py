@@ -15,15 +15,9 @@ from __future__ import annotations
 import torch
 
 from ..functional import compute_dtype
+from .plan import tile_classes
 from .sweeps import RowSide, gradient_sweep, lse_sweep
 from .tiles import ClassTiles
-
-TILE_BYTES = 4 << 20  # one (block, N) float32 tile of logits
-
-
-def default_block_size(n_rows: int) -> int:
-    """Classes per tile so that a (block, n_rows) float32 tile takes about TILE_BYTES."""
-    return max(64, TILE_BYTES // (4 * max(n_rows, 1)))
 
 
 def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size):
@@ -36,7 +30,7 @@ def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size):
         target_logit=target_logit.to(acc),
         row_scale=r,
     )
-    block = block_size or default_block_size(x_hat.shape[0])
+    block = block_size or tile_classes(x_hat.shape[0])
     return ClassTiles(weight, block), rows
 
 

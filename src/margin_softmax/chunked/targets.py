@@ -12,31 +12,22 @@ import torch
 
 class TargetCells:
     """The target cells of one block of rows. target (R,): the target's class index in this
-    shard, or -1 where another shard owns it. ``rows`` lists the owning rows in cell order."""
+    shard, or -1 where another shard owns it."""
 
     def __init__(self, target: torch.Tensor, num_classes: int, tile: int) -> None:
         n = target.shape[0]
-        self.width = n
+        self.width, self.tile = n, tile
         owned = (target >= 0).nonzero().squeeze(1)  # (M,)
-        flat, order = (target[owned] * n + owned).sort()  # (M,), cell order
-        self.flat, self.rows = flat, owned[order]
+        self.flat = (target[owned] * n + owned).sort().values  # (M,)
         edges = torch.arange(0, num_classes + tile, tile, device=target.device).clamp_max(
             num_classes
         )
-        self.bounds = torch.searchsorted(flat, edges * n).tolist()  # cells of tile k: [k, k+1)
+        self.bounds = torch.searchsorted(self.flat, edges * n).tolist()  # cells of tile k: [k, k+1)
 
-    def _cells(self, tile_index: int, start: int):
-        lo, hi = self.bounds[tile_index], self.bounds[tile_index + 1]
-        return lo, hi, self.flat[lo:hi] - start * self.width
-
-    def fill(self, tile: torch.Tensor, tile_index: int, start: int, value: float) -> None:
-        """Set this tile's target cells to value. tile: (b - start, R) contiguous."""
-        lo, hi, cells = self._cells(tile_index, start)
+    def fill(self, tile: torch.Tensor, start: int, value: float) -> None:
+        """Set the target cells of the tile of classes starting at start to value.
+        tile: (T, R) contiguous, T = the tile size given to the constructor (or the rest)."""
+        index = start // self.tile
+        lo, hi = self.bounds[index], self.bounds[index + 1]
         if hi > lo:
-            tile.view(-1).index_fill_(0, cells, value)
-
-    def put(self, tile: torch.Tensor, tile_index: int, start: int, values: torch.Tensor) -> None:
-        """Write values (M,), given in cell order, into this tile's target cells."""
-        lo, hi, cells = self._cells(tile_index, start)
-        if hi > lo:
-            tile.view(-1).index_copy_(0, cells, values[lo:hi])
+            tile.view(-1).index_fill_(0, self.flat[lo:hi] - start * self.width, value)

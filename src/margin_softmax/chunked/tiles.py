@@ -1,8 +1,9 @@
-"""The class side of the problem, one tile of classes at a time.
+"""The class side of the problem, one tile of classes [a, b) at a time.
 
-A tile is the weight rows [a, b): normalised on the fly (w_j / max(|w_j|, eps), from norms
-computed once), never a normalised copy of the whole weight. ``normalized=False`` is plain
-softmax: raw rows and an optional bias.
+The GEMMs read the raw weight rows w_j; the norms n_j = max(|w_j|, eps), computed once, are
+applied to the (T, R) tiles of logits and gradients instead of writing normalised weight
+rows (T x D floats per tile and sweep, more than T x R for R < D). ``normalized=False`` is
+plain softmax: no norms, and an optional bias.
 """
 
 from __future__ import annotations
@@ -26,39 +27,51 @@ class ClassTiles:
         self.num_classes = weight.shape[0]
         self.acc = compute_dtype(weight.dtype)
         self.bias = None if bias is None else bias.to(self.acc)
-        self.norm = self.inv_norm = None
+        self.norm = self.inv_norm = self._work = None
         if normalized:
-            norm = torch.cat([w.to(self.acc).norm(dim=1) for w in weight.split(self.tile)])
-            self.norm = norm  # (C,)
-            self.inv_norm = 1 / norm.clamp_min(NORM_EPS)  # (C,)
+            parts = [w.to(self.acc).norm(dim=1) for w in weight.split(self.tile)]
+            self.norm = torch.cat(parts) if parts else weight.new_zeros(0, dtype=self.acc)
+            self.inv_norm = 1 / self.norm.clamp_min(NORM_EPS)  # (C,)
 
     def ranges(self):
-        """(index, a, b) of every tile."""
-        for index, a in enumerate(range(0, self.num_classes, self.tile)):
-            yield index, a, min(a + self.tile, self.num_classes)
+        """(a, b) of every tile."""
+        for a in range(0, self.num_classes, self.tile):
+            yield a, min(a + self.tile, self.num_classes)
 
-    def weights(self, a: int, b: int) -> torch.Tensor:
-        """The tile's class centres (b - a, D) in weight's dtype: w_hat_j, or w_j if plain."""
+    def logits(self, rows_t: torch.Tensor, a: int, b: int, out: torch.Tensor) -> torch.Tensor:
+        """out (T, R) <- w[a:b] @ rows_t / n[a:b] (+ bias) in compute dtype; rows_t (D, R)."""
         w = self.weight[a:b]
-        if self.inv_norm is None:
-            return w
-        return (w * self.inv_norm[a:b, None]).to(w.dtype)  # normalised in compute dtype
-
-    def logits(self, w: torch.Tensor, rows_t: torch.Tensor, a: int, out: torch.Tensor):
-        """out (b - a, R) = w @ rows_t (+ bias), in compute dtype; rows_t (D, R)."""
         if out.dtype == w.dtype:
-            if self.bias is None:
-                return torch.mm(w, rows_t, out=out)
-            return torch.addmm(self.bias[a : a + w.shape[0], None], w, rows_t, out=out)
-        out.copy_(w @ rows_t)  # half inputs: the matmul in their dtype, float32 after
+            torch.mm(w, rows_t, out=out)
+        else:
+            out.copy_(w @ rows_t)  # half inputs: the matmul in their dtype, float32 after
+        if self.inv_norm is not None:
+            out.mul_(self.inv_norm[a:b, None])
         if self.bias is not None:
-            out += self.bias[a : a + w.shape[0], None]
+            out.add_(self.bias[a:b, None])
         return out
 
-    def weight_grad(self, grad: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        """dL/dw (b - a, D) from dL/dw_hat for the tile's rows (identity if plain)."""
+    def divide_by_norm(self, tile: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """tile (T, R) / n[a:b] per class, in place (plain: unchanged)."""
+        return tile if self.inv_norm is None else tile.mul_(self.inv_norm[a:b, None])
+
+    def centres(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w_hat[index] (M, D), 1 / n[index] (M,)) in compute dtype (plain: w, ones)."""
+        w = self.weight[index].to(self.acc)
         if self.inv_norm is None:
-            return grad
-        w_hat = self.weight[a:b].to(self.acc) * self.inv_norm[a:b, None]  # (T, D)
-        radial = (w_hat * grad).sum(1) * (self.norm[a:b] > NORM_EPS)  # (T,)
-        return (grad - w_hat * radial[:, None]) * self.inv_norm[a:b, None]
+            return w, torch.ones_like(w[:, 0])
+        inv = self.inv_norm[index]
+        return w * inv[:, None], inv
+
+    def finish(self, grad: torch.Tensor, a: int, b: int) -> None:
+        """grad (T, D) in place: A_j = dL/dw_hat_j / n_j  ->  dL/dw_j = A_j - w_hat_j <w_hat_j,
+        A_j> (the radial part only where |w_j| > eps, as F.normalize's clamp has it)."""
+        if self.inv_norm is None:
+            return
+        w = self.weight[a:b]
+        if self._work is None or self._work.shape[0] < w.shape[0]:
+            self._work = torch.empty(self.tile, w.shape[1], dtype=self.acc, device=w.device)
+        work = self._work[: w.shape[0]]  # reused: no fresh (T, D) pages per tile
+        inv = self.inv_norm[a:b] * (self.norm[a:b] > NORM_EPS)  # (T,)
+        radial = torch.mul(w, grad, out=work).sum(1) * inv * inv  # (T,) <w_hat, A> / n
+        grad.addcmul_(w, radial[:, None], value=-1)
