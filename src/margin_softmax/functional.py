@@ -26,6 +26,7 @@ IMPLS = ("auto", "eager", "chunked", "triton")
 REDUCTIONS = ("mean", "sum", "none")
 NORM_EPS = 1e-12  # |x| below this is treated as this (x / eps): finite gradients at x = 0
 AUTO_CHUNK_ELEMENTS = 1 << 22  # N * C above which "auto" stops materialising the logits
+AUTO_CHUNK_ELEMENTS_CPU = 1 << 17  # on CPU chunked is as fast as eager from here (docs/scale.md)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -46,17 +47,25 @@ def cosine_logits(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     return (x @ w.t()).to(dtype)  # (N, C), the matmul in the input dtype
 
 
-def resolve_impl(impl: str, embeddings: torch.Tensor, num_classes: int) -> str:
+def resolve_impl(
+    impl: str, embeddings: torch.Tensor, num_classes: int, *, plain: bool = False
+) -> str:
+    """The path for ``impl``; "auto": triton on CUDA where it imports (margin losses), chunked
+    when N * C is large (measured crossover on CPU, a larger one elsewhere), else eager."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if plain and impl == "triton":
+        raise ValueError("impl='triton' covers the margin losses; use 'chunked' for plain softmax")
     if impl != "auto":
         return impl
-    if embeddings.is_cuda:
+    if embeddings.is_cuda and not plain:
         from .kernels import triton_available
 
         if triton_available():
             return "triton"
-    if embeddings.shape[0] * num_classes > AUTO_CHUNK_ELEMENTS:
+    cpu = embeddings.device.type == "cpu"
+    threshold = AUTO_CHUNK_ELEMENTS_CPU if cpu else AUTO_CHUNK_ELEMENTS
+    if embeddings.shape[0] * num_classes > threshold:
         return "chunked"
     return "eager"
 
@@ -189,13 +198,21 @@ def softmax_cross_entropy(
     bias: torch.Tensor | None = None,
     *,
     reduction: str = "mean",
+    impl: str = "auto",
 ) -> torch.Tensor:
     """Plain softmax loss: cross_entropy(x W^T + b, y), no normalisation, no margin.
-    embeddings (N, D), weight (C, D), bias (C,) or None, labels (N,)."""
+    embeddings (N, D), weight (C, D), bias (C,) or None, labels (N,). impl: "auto", "eager"
+    or "chunked" (never holds the (N, C) logits)."""
     check_embeddings(embeddings, weight)
     labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if resolve_impl(impl, embeddings, weight.shape[0], plain=True) == "chunked":
+        from .chunked import chunked_softmax_cross_entropy
+
+        embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
+        loss = chunked_softmax_cross_entropy(embeddings, weight, labels, bias, reduction)
+        return loss.to(out_dtype)
     logits = F.linear(embeddings, weight, bias)  # (N, C)
     logits = logits.to(compute_dtype(logits.dtype))
     return F.cross_entropy(logits, labels, reduction=reduction).to(embeddings.dtype)

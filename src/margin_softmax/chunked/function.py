@@ -60,7 +60,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             normalized = margin is not None
             need_grads = any(ctx.needs_input_grad[:4])
             need_dot = row_scale is not None and ctx.needs_input_grad[2]
-            ctx.extra = (reduction, x, x_norm, row_scale is not None, bias is not None, need_dot)
+            bias_dtype = None if bias is None else bias.dtype
+            ctx.extra = (reduction, x, x_norm, row_scale is not None, bias_dtype, need_dot)
             row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
             widths = plan_blocks(n, c)
             grads = None
@@ -107,12 +108,12 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
 def _input_gradients(ctx, grads, rows, row_grad, weight, bias):
     """(d_embeddings, d_weight, d_row_scale, d_bias) in the inputs' dtypes."""
-    _, x, x_norm, has_row_scale, has_bias, need_dot = ctx.extra
+    _, x, x_norm, has_row_scale, bias_dtype, need_dot = ctx.extra
     d_x = grads.d_x if x_norm is None else unit_rows_backward(grads.d_x, x, x_norm)
     d_row_scale = None
     if has_row_scale and need_dot:
         d_row_scale = row_scale_gradient(grads.dot, rows.row_scale, row_grad)
-    d_bias = grads.d_bias if has_bias else None
+    d_bias = None if bias_dtype is None else grads.d_bias.to(bias_dtype)
     return d_x.to(weight.dtype), grads.d_weight.to(weight.dtype), d_row_scale, d_bias
 
 
