@@ -1,13 +1,12 @@
-"""The chunked path against eager (the readable reference), and the shard contract that the
-class-sharded head builds on."""
-
-import math
+"""The chunked path against eager (the readable reference) under every schedule it has, and
+the shard contract that the class-sharded head builds on."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from margin_softmax import margin_cross_entropy
-from margin_softmax.chunked import shard_gradients, shard_logsumexp
+from margin_softmax import margin_cross_entropy, softmax_cross_entropy
+from margin_softmax.chunked import plan, shard_gradients, shard_logsumexp
 from margin_softmax.functional import normalize
 from margin_softmax.margins import Margin
 
@@ -24,26 +23,27 @@ MARGINS = {
     "combined": (Margin(m1=1.2, m2=0.3, m3=0.2), False),
 }
 
+# name -> (KEEP_BYTES per class, MIN_KEEP_ROWS, tile bytes per row): the schedules of
+# function.py at test sizes: one kept block, several uneven kept blocks, two sweeps.
+SCHEDULES = {
+    "fused-one-block": (None, None, None),
+    "fused-blocks": (4 * 4, 1, 4 * 5),  # widest block 4 rows: widths [4, 4, 3] for N = 11
+    "two-sweeps": (4 * 4, 10**9, 4 * 6),
+    "tile-of-one-class": (4 * 5, 1, 4),
+}
 
-def loss_and_grads(impl, x, w, y, margin, by_norm, reduction, scale=30.0, seed=1, **kw):
-    x = x.detach().requires_grad_()
-    w = w.detach().requires_grad_()
-    loss = margin_cross_entropy(
-        x,
-        w,
-        y,
-        scale=scale,
-        margin=margin,
-        scale_by_norm=by_norm,
-        reduction=reduction,
-        impl=impl,
-        **kw,
-    )
-    upstream = torch.randn(
-        loss.shape, dtype=loss.dtype, generator=torch.Generator().manual_seed(seed)
-    )
-    dx, dw = torch.autograd.grad(loss, (x, w), upstream)
-    return loss.detach(), dx, dw
+
+@pytest.fixture(params=list(SCHEDULES))
+def schedule(request, monkeypatch):
+    keep, min_rows, tile = SCHEDULES[request.param]
+    monkeypatch.setattr(plan, "ROW_ALIGN", 1)
+    monkeypatch.setattr(plan, "MIN_TILE_CLASSES", 1)
+    if keep is not None:
+        monkeypatch.setattr(plan, "KEEP_BYTES", keep * 37)
+        monkeypatch.setattr(plan, "MIN_KEEP_ROWS", min_rows)
+        for name in ("TILE_BYTES", "FUSED_TILE_BYTES"):
+            monkeypatch.setattr(plan, name, tile * 11)  # tile / 4 classes per tile for N = 11
+    return request.param
 
 
 def problem(n, c, d, dtype=torch.float64, seed=0):
@@ -54,41 +54,204 @@ def problem(n, c, d, dtype=torch.float64, seed=0):
     return x.to(dtype), w.to(dtype), y
 
 
+def loss_and_grads(impl, x, w, y, margin, by_norm, reduction="mean", scale=30.0, seed=1):
+    """(loss, d/dx, d/dw) of sum(upstream * loss), upstream random for reduction='none'."""
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    loss = margin_cross_entropy(
+        x, w, y, scale=scale, margin=margin, scale_by_norm=by_norm, reduction=reduction, impl=impl
+    )
+    g = torch.Generator().manual_seed(seed)
+    upstream = torch.rand(loss.shape, generator=g, dtype=torch.float64).to(loss.dtype) + 0.5
+    dx, dw = torch.autograd.grad(loss, (x, w), upstream)
+    return loss.detach(), dx, dw
+
+
 def assert_close_rel(actual, expected, rel):
+    """Each tensor within rel of the largest magnitude in the expected one."""
     for a, e in zip(actual, expected, strict=True):
+        assert torch.isfinite(a).all()
         scale = e.abs().max().clamp_min(1e-30)
         assert float((a - e).abs().max() / scale) < rel
 
 
 @pytest.mark.parametrize("name", list(MARGINS))
 @pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_chunked_equals_eager(name, dtype, rel):
+def test_chunked_equals_eager(name, dtype, rel, schedule):
     margin, by_norm = MARGINS[name]
-    x, w, y = problem(9, 37, 6, dtype)
+    x, w, y = problem(11, 37, 6, dtype)
     for reduction in ("mean", "sum", "none"):
         expected = loss_and_grads("eager", x, w, y, margin, by_norm, reduction)
         actual = loss_and_grads("chunked", x, w, y, margin, by_norm, reduction)
         assert_close_rel(actual, expected, rel)
 
 
+@pytest.mark.parametrize("n,c", [(1, 37), (11, 2), (11, 1), (1, 1), (40, 3)])
+def test_awkward_sizes(n, c, schedule):
+    x, w, y = problem(n, c, 3)
+    for name in ("arcface-seed", "sphereface-blend-by-norm"):
+        margin, by_norm = MARGINS[name]
+        expected = loss_and_grads("eager", x, w, y, margin, by_norm)
+        assert_close_rel(loss_and_grads("chunked", x, w, y, margin, by_norm), expected, 1e-10)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_plain_softmax_equals_eager(bias, schedule):
+    x, w, y = problem(11, 37, 6)
+    b = torch.randn(37, dtype=torch.float64) if bias else None
+    results = []
+    for impl in ("eager", "chunked"):
+        leaves = [t.detach().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+        loss = softmax_cross_entropy(*leaves[:2], y, leaves[2] if bias else None, impl=impl)
+        results.append((loss.detach(), *torch.autograd.grad(loss, leaves)))
+    assert_close_rel(results[1], results[0], 1e-10)
+
+
+def test_gradients_flow_only_where_asked(schedule):
+    x, w, y = problem(11, 37, 6)
+    margin = Margin(m2=0.3)
+    for which in ("x", "w", "none"):
+        results = []
+        for impl in ("eager", "chunked"):
+            xs = x.clone().requires_grad_(which == "x")
+            ws = w.clone().requires_grad_(which == "w")
+            loss = margin_cross_entropy(xs, ws, y, scale=30.0, margin=margin, impl=impl)
+            leaves = [t for t in (xs, ws) if t.requires_grad]
+            results.append(
+                [loss.detach(), *torch.autograd.grad(loss, leaves)] if leaves else [loss]
+            )
+        assert_close_rel(results[1], results[0], 1e-10)
+
+
+def test_upstream_gradient_scales_and_second_backward_raises():
+    x, w, y = problem(5, 7, 3)
+    grads = []
+    for impl in ("eager", "chunked"):
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        loss = margin_cross_entropy(xs, ws, y, scale=30.0, m3=0.2, impl=impl)
+        (3 * loss).backward(retain_graph=True)
+        grads.append((xs.grad, ws.grad))
+    assert_close_rel(grads[1], grads[0], 1e-12)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["arcface-seed", "cosface", "sphereface-blend-by-norm"])
+@pytest.mark.parametrize("two_sweeps", [False, True])
+def test_half_precision_no_worse_than_eager(dtype, name, two_sweeps, monkeypatch):
+    """Error (Frobenius) against float64 on the same rounded inputs no worse than eager's own
+    error in that dtype: within 1.5x (both are rounding noise, of either sign) plus a tenth of
+    the dtype's eps. A float32 path measures ~1e-7 here, a bf16 softmax ~1e-1."""
+    if two_sweeps:
+        monkeypatch.setattr(plan, "MIN_KEEP_ROWS", 10**9)
+    margin, by_norm = MARGINS[name]
+    x, w, y = problem(48, 150, 32)
+    half = [t.to(dtype) for t in (x, w)]
+    rounded = [t.double() for t in half]
+    for reduction in ("mean", "none"):
+        exact = loss_and_grads("eager", *rounded, y, margin, by_norm, reduction, scale=16.0)
+        eager = loss_and_grads("eager", *half, y, margin, by_norm, reduction, scale=16.0)
+        chunked = loss_and_grads("chunked", *half, y, margin, by_norm, reduction, scale=16.0)
+        for e, c, ref in zip(eager, chunked, exact, strict=True):
+            assert c.dtype == dtype
+            eager_error = float((e.double() - ref).norm())
+            chunked_error = float((c.double() - ref).norm())
+            slack = 0.1 * torch.finfo(dtype).eps * float(ref.norm())
+            assert chunked_error <= 1.5 * eager_error + slack
+
+
+def test_autocast_matches_eager():
+    x, w, y = problem(11, 37, 16, torch.float32)
+    losses = []
+    for impl in ("eager", "chunked"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = margin_cross_entropy(x, w, y, scale=16.0, m2=0.3, impl=impl)
+        assert loss.dtype == torch.float32
+        losses.append(float(loss))
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_confident_target_has_no_cancellation(dtype):
+    """p_target ~ 1 (s = 64, x on its class centre): the loss is ~1e-20 and subtracting the
+    plain target term back out of a log-sum-exp would leave errors ~1e-4 in it."""
+    x, w, y = problem(6, 50, 32)
+    x[:3] = w[y[:3]] * 3.0  # cos = 1 up to rounding
+    margin = Margin(m2=0.5)
+    exact = loss_and_grads("eager", x, w, y, margin, False, "none", scale=64.0)
+    chunked = loss_and_grads("chunked", x.to(dtype), w.to(dtype), y, margin, False, "none", 64.0)
+    assert float(chunked[0][:3].abs().max()) < 1e-12
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert_close_rel(chunked[1:], exact[1:], tol)
+    assert float((chunked[0] - exact[0]).abs().max()) < tol * float(exact[0].abs().max())
+
+
+@pytest.mark.parametrize("name", ["arcface-seed", "sphereface-piecewise", "combined"])
+def test_poles_and_zero_rows_are_finite(name):
+    """cos = +1 and -1 exactly (an embedding on its centre or opposite it) and a zero
+    embedding: finite loss and gradients, equal to eager's."""
+    margin, by_norm = MARGINS[name]
+    x, w, y = problem(4, 9, 5)
+    x[0], x[1], x[2] = w[y[0]], -2 * w[y[1]], 0.0
+    expected = loss_and_grads("eager", x, w, y, margin, by_norm, "none")
+    assert_close_rel(loss_and_grads("chunked", x, w, y, margin, by_norm, "none"), expected, 1e-9)
+
+
+class LargestAllocation(TorchDispatchMode):
+    """Records the largest storage (in elements) of any tensor an op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                elements = t.untyped_storage().nbytes() // t.element_size()
+                self.largest = max(self.largest, elements)
+        return out
+
+
+@pytest.mark.parametrize("impl,holds_logits", [("eager", True), ("chunked", False)])
+@pytest.mark.parametrize("keep_rows", [0, 8])  # two sweeps; kept blocks of 8 rows
+def test_chunked_never_allocates_the_logits(impl, holds_logits, keep_rows, monkeypatch):
+    """No op of the chunked forward or backward returns a tensor as large as the (N, C)
+    logits: the largest are the weight's gradient (C, D) and the store (C, 8). Eager, run
+    through the same probe, does allocate them (the probe can fail)."""
+    n, c, d = 64, 3000, 8
+    monkeypatch.setattr(plan, "KEEP_BYTES", 4 * c * keep_rows)
+    monkeypatch.setattr(plan, "TILE_BYTES", 4 * n * 256)
+    x, w, y = problem(n, c, d, torch.float32)
+    x.requires_grad_(), w.requires_grad_()
+    with LargestAllocation() as probe:
+        loss = margin_cross_entropy(x, w, y, scale=30.0, m2=0.5, impl=impl)
+        loss.backward()
+    assert (probe.largest >= n * c) == holds_logits
+    if not holds_logits:
+        assert probe.largest <= max(c * d, c * keep_rows, 256 * n)
+
+
 def shard_inputs(n=6, c=23, d=5, scale=20.0):
     x, w, y = problem(n, c, d)
     x_hat = normalize(x)
-    cos_t = (x_hat * normalize(w[y])).sum(1)
-    psi, dpsi = Margin(m2=0.4).psi_and_grad(cos_t)
+    psi, dpsi = Margin(m2=0.4).psi_and_grad((x_hat * normalize(w[y])).sum(1))
     r = torch.full((n,), scale, dtype=torch.float64) * (1 + torch.rand(n, dtype=torch.float64))
     return x_hat, w, y, r * psi, dpsi, r
 
 
 @pytest.mark.parametrize("bounds", [(0, 23), (0, 10, 23), (0, 1, 7, 7, 22, 23)])
-def test_shards_combine_to_the_full_result(bounds):
+@pytest.mark.parametrize("block", [1, 3, 100])
+def test_shards_combine_to_the_full_result(bounds, block):
+    """The contract of the sharded head: per-shard lse combined by logaddexp is the full lse;
+    per-shard gradients (with the global lse) sum (x, row scale) or concatenate (weight)."""
     x_hat, w, y, target_logit, dpsi, r = shard_inputs()
     full = shard_logsumexp(x_hat, w, y, target_logit, r, block_size=4)
-    parts, pieces = [], []
+    shards = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         local = torch.where((y >= lo) & (y < hi), y - lo, -1)
-        parts.append((w[lo:hi], local))
-    lse = torch.stack([shard_logsumexp(x_hat, ws, t, target_logit, r, 3) for ws, t in parts])
+        shards.append((w[lo:hi], local))
+    lse = torch.stack([shard_logsumexp(x_hat, ws, t, target_logit, r, block) for ws, t in shards])
     combined = torch.logsumexp(lse, 0)
     torch.testing.assert_close(combined, full, rtol=1e-12, atol=1e-12)
     if any(hi == lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)):
@@ -96,39 +259,40 @@ def test_shards_combine_to_the_full_result(bounds):
 
     row_grad = torch.rand(len(y), dtype=torch.float64)
     expected = shard_gradients(x_hat, w, y, target_logit, dpsi, r, full, row_grad, 5)
-    for ws, t in parts:
-        pieces.append(shard_gradients(x_hat, ws, t, target_logit, dpsi, r, combined, row_grad, 2))
-    torch.testing.assert_close(sum(p[0] for p in pieces), expected[0], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(torch.cat([p[1] for p in pieces]), expected[1])
-    torch.testing.assert_close(sum(p[2] for p in pieces), expected[2], rtol=1e-12, atol=1e-12)
+    pieces = [
+        shard_gradients(x_hat, ws, t, target_logit, dpsi, r, combined, row_grad, block)
+        for ws, t in shards
+    ]
+    close = dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sum(p[0] for p in pieces), expected[0], **close)
+    torch.testing.assert_close(torch.cat([p[1] for p in pieces]), expected[1], **close)
+    torch.testing.assert_close(sum(p[2] for p in pieces), expected[2], **close)
 
 
-def test_shard_gradients_match_autograd():
+def test_shard_primitives_match_autograd():
     """The primitives against autograd through an explicit (N, C) computation."""
     x, w, y = problem(5, 11, 4)
-    x = x.requires_grad_()
-    w = w.requires_grad_()
+    x, w = x.requires_grad_(), w.requires_grad_()
     r = torch.linspace(5, 15, 5, dtype=torch.float64).requires_grad_()
     margin = Margin(m1=1.5, m2=0.2)
     cos = normalize(x) @ normalize(w).t()  # (N, C)
-    psi, dpsi = margin.psi_and_grad(cos.gather(1, y[:, None])[:, 0].detach())
-    psi = psi + dpsi * (cos.gather(1, y[:, None])[:, 0] - cos.gather(1, y[:, None])[:, 0].detach())
+    cos_t = cos.gather(1, y[:, None])[:, 0]
+    psi, dpsi = margin.psi_and_grad(cos_t.detach())
+    psi = psi + dpsi * (cos_t - cos_t.detach())  # value psi, derivative psi'
     logits = (r[:, None] * cos).scatter(1, y[:, None], (r * psi)[:, None])
     row_grad = torch.rand(5, dtype=torch.float64)
-    loss = (row_grad * (logits.logsumexp(1) - (r * psi))).sum()
-    dx_hat_free, dw, dr = torch.autograd.grad(loss, (x, w, r))
+    loss = (row_grad * (logits.logsumexp(1) - r * psi)).sum()
+    dx, dw, dr = torch.autograd.grad(loss, (x, w, r))
     with torch.no_grad():
-        x_hat = normalize(x)
-        tl = (r * psi).detach()
-        lse = shard_logsumexp(x_hat, w, y, tl, r.detach(), 3)
-        d_x_hat, d_w, d_r = shard_gradients(x_hat, w, y, tl, dpsi, r.detach(), lse, row_grad, 3)
+        x_hat, t = normalize(x), r * psi
+        lse = shard_logsumexp(x_hat, w, y, t, r, 3)
+        d_x_hat, d_w, d_r = shard_gradients(x_hat, w, y, t, dpsi, r, lse, row_grad, 3)
     torch.testing.assert_close(lse, logits.logsumexp(1).detach())
     torch.testing.assert_close(d_w, dw)
     torch.testing.assert_close(d_r, dr)
     radial = (x_hat * d_x_hat).sum(1, keepdim=True)
-    torch.testing.assert_close(
-        (d_x_hat - x_hat * radial) / x.norm(dim=1, keepdim=True), dx_hat_free
-    )
+    norm = x.detach().norm(dim=1, keepdim=True)
+    torch.testing.assert_close((d_x_hat - x_hat * radial) / norm, dx)
 
 
 def test_empty_shard():
@@ -138,4 +302,3 @@ def test_empty_shard():
     assert torch.isneginf(lse).all()
     dx, dw, dr = shard_gradients(x_hat, w[:0], none, target_logit, dpsi, r, lse + 1, r)
     assert dw.shape == (0, 5) and not dx.any() and not dr.any()
-    assert math.isfinite(float(dx.sum()))

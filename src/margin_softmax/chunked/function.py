@@ -13,7 +13,7 @@ import torch
 
 from ..functional import compute_dtype
 from ..margins import Margin
-from .plan import FUSED_TILE_BYTES, plan_blocks, tile_classes
+from . import plan
 from .shard import row_scale_gradient
 from .sweeps import RowSide, fused_sweeps, gradient_sweep, lse_sweep
 from .tiles import ClassTiles
@@ -63,15 +63,15 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             bias_dtype = None if bias is None else bias.dtype
             ctx.extra = (reduction, x, x_norm, row_scale is not None, bias_dtype, need_dot)
             row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
-            widths = plan_blocks(n, c)
+            widths = plan.plan_blocks(n, c)
             grads = None
             if need_grads and reduction != "none" and widths is not None:
                 classes = ClassTiles(
-                    weight, tile_classes(widths[0], FUSED_TILE_BYTES), normalized, bias
+                    weight, plan.tile_classes(widths[0], plan.FUSED_TILE_BYTES), normalized, bias
                 )
                 lse, grads = fused_sweeps(classes, rows, row_grad, dpsi, widths, need_dot)
             else:
-                classes = ClassTiles(weight, tile_classes(n), normalized, bias)
+                classes = ClassTiles(weight, plan.tile_classes(n), normalized, bias)
                 lse = lse_sweep(classes, rows)
                 if need_grads and reduction != "none":
                     grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, need_dot)
@@ -80,7 +80,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 ctx.state = (classes, rows, lse, dpsi)
                 return loss.to(embeddings.dtype)
             if grads is not None:
-                ctx.grads = _input_gradients(ctx, grads, rows, row_grad, weight, bias)
+                ctx.grads = _input_gradients(ctx, grads, rows, row_grad, weight)
             total = loss.mean() if reduction == "mean" else loss.sum()
             return total.to(embeddings.dtype)
 
@@ -92,7 +92,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             with torch.autocast(grad_output.device.type, enabled=False):
                 row_grad = grad_output.to(lse.dtype)
                 grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, ctx.extra[5])
-                result = _input_gradients(ctx, grads, rows, row_grad, classes.weight, None)
+                result = _input_gradients(ctx, grads, rows, row_grad, classes.weight)
         else:
             if getattr(ctx, "grads", None) is None:
                 raise RuntimeError(
@@ -106,7 +106,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return d_embeddings, d_weight, d_row_scale, d_bias, None, None, None, None
 
 
-def _input_gradients(ctx, grads, rows, row_grad, weight, bias):
+def _input_gradients(ctx, grads, rows, row_grad, weight):
     """(d_embeddings, d_weight, d_row_scale, d_bias) in the inputs' dtypes."""
     _, x, x_norm, has_row_scale, bias_dtype, need_dot = ctx.extra
     d_x = grads.d_x if x_norm is None else unit_rows_backward(grads.d_x, x, x_norm)

@@ -11,11 +11,12 @@ MIN_KEEP_ROWS = 64  # narrower blocks re-read the weight too often: two sweeps w
 ROW_ALIGN = 16  # CPU GEMMs slow down by up to 2x for widths that are not a multiple of 16
 TILE_BYTES = 4 << 20  # a (classes, N) float32 tile in two sweeps (and the shard primitives)
 FUSED_TILE_BYTES = 3 << 19  # a (classes, rows) tile of the kept store
+MIN_TILE_CLASSES = 64
 
 
 def tile_classes(n_rows: int, tile_bytes: int | None = None) -> int:
     """Classes per tile so that a (classes, n_rows) float32 tile takes about tile_bytes."""
-    return max(64, (tile_bytes or TILE_BYTES) // (4 * max(n_rows, 1)))
+    return max(MIN_TILE_CLASSES, (tile_bytes or TILE_BYTES) // (4 * max(n_rows, 1)))
 
 
 def plan_blocks(n_rows: int, n_classes: int) -> list[int] | None:
