@@ -165,7 +165,7 @@ class SoftmaxLoss(ClassCentresHead):
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return softmax_cross_entropy(embeddings, self.weight, labels, self.bias)
+        return softmax_cross_entropy(embeddings, self.weight, labels, self.bias, impl=self.impl)
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None):
         check_embeddings(embeddings, self.weight)
