@@ -57,23 +57,22 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 embeddings, weight, labels, bias, scale, margin, row_scale
             )
             n, c = embeddings.shape[0], weight.shape[0]
-            normalized = margin is not None
             need_grads = any(ctx.needs_input_grad[:4])
             need_dot = row_scale is not None and ctx.needs_input_grad[2]
             bias_dtype = None if bias is None else bias.dtype
             ctx.extra = (reduction, x, x_norm, row_scale is not None, bias_dtype, need_dot)
             row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
-            widths = plan.plan_blocks(n, c)
+            scalar_grads = need_grads and reduction != "none"
+            widths = plan.plan_blocks(n, c) if scalar_grads else None  # None: two sweeps
+            tile_bytes = plan.tile_bytes(widths is not None, embeddings.device.type)
+            tile = plan.tile_classes(n if widths is None else widths[0], tile_bytes)
+            classes = ClassTiles(weight, tile, margin is not None, bias)
             grads = None
-            if need_grads and reduction != "none" and widths is not None:
-                classes = ClassTiles(
-                    weight, plan.tile_classes(widths[0], plan.FUSED_TILE_BYTES), normalized, bias
-                )
+            if widths is not None:
                 lse, grads = fused_sweeps(classes, rows, row_grad, dpsi, widths, need_dot)
             else:
-                classes = ClassTiles(weight, plan.tile_classes(n), normalized, bias)
                 lse = lse_sweep(classes, rows)
-                if need_grads and reduction != "none":
+                if scalar_grads:
                     grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, need_dot)
             loss = lse - rows.target_logit  # (N,)
             if reduction == "none":

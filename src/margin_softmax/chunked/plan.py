@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import math
 
-KEEP_BYTES = 40 << 20  # the most the kept (C, rows) float32 store may take
+KEEP_BYTES = 32 << 20  # the most the kept (C, rows) float32 store may take
 MIN_KEEP_ROWS = 64  # narrower blocks re-read the weight too often: two sweeps win
 ROW_ALIGN = 16  # CPU GEMMs slow down by up to 2x for widths that are not a multiple of 16
 TILE_BYTES = 4 << 20  # a (classes, N) float32 tile in two sweeps (and the shard primitives)
 FUSED_TILE_BYTES = 3 << 19  # a (classes, rows) tile of the kept store
 MIN_TILE_CLASSES = 64
+GPU_TILE_FACTOR = 16  # GPUs want fewer, larger tiles (each op is a kernel launch); not tuned
+
+
+def tile_bytes(fused: bool, device_type: str) -> int:
+    """The target bytes of one float32 tile for this schedule and device."""
+    size = FUSED_TILE_BYTES if fused else TILE_BYTES
+    return size if device_type == "cpu" else size * GPU_TILE_FACTOR
 
 
 def tile_classes(n_rows: int, tile_bytes: int | None = None) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..functional import compute_dtype
-from .plan import tile_classes
+from .plan import tile_bytes, tile_classes
 from .sweeps import RowSide, gradient_sweep, lse_sweep
 from .tiles import ClassTiles
 
@@ -30,7 +30,7 @@ def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size):
         target_logit=target_logit.to(acc),
         row_scale=r,
     )
-    block = block_size or tile_classes(x_hat.shape[0])
+    block = block_size or tile_classes(x_hat.shape[0], tile_bytes(False, x_hat.device.type))
     return ClassTiles(weight, block), rows
 
 
