@@ -61,10 +61,11 @@ class Gradients:
 
 
 def _new_gradients(rows: RowSide, classes: ClassTiles, need_dot: bool) -> Gradients:
+    """d_weight uninitialised: the first gradient pass over each tile writes it."""
     acc, (n, d), device = classes.acc, rows.x.shape, rows.x.device
     return Gradients(
         d_x=torch.zeros(n, d, dtype=acc, device=device),
-        d_weight=torch.zeros(classes.num_classes, d, dtype=acc, device=device),
+        d_weight=torch.empty(classes.num_classes, d, dtype=acc, device=device),
         d_bias=None if classes.bias is None else torch.zeros_like(classes.bias),
         dot=torch.zeros(n, dtype=acc, device=device) if need_dot else None,
     )
@@ -92,34 +93,37 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, accumulate: bool = 
         out.copy_(a.to(b.dtype) @ b)
 
 
-def _tile_gradients(classes, rows, block, a, b, tile, factor, grads) -> None:
+def _tile_gradients(classes, rows, block, a, b, tile, factor, grads, targets, first) -> None:
     """GEMMs 2 and 3 from tile (T, R) = p / factor (factor (R,) per row of the batch):
-    d_x[block] += factor * (p / factor)^T w_hat and A[a:b] += (tile / n) (factor * x)."""
+    d_x[block] += factor * (p / factor)^T w_hat and A[a:b] (+)= (tile / n) (factor * x), then
+    the target cells' rows (targets: (TargetCells, (M, D) values)). first: A[a:b] unwritten."""
     w = classes.weight[a:b]
     tile = classes.divide_by_norm(tile, a, b)  # (T, R)
     grads.d_x[block].addcmul_(factor[:, None], (tile.t().to(w.dtype) @ w).to(classes.acc))
     x_factored = (factor[:, None] * rows.x[block].to(classes.acc)).to(w.dtype)  # (R, D)
-    _mm(tile, x_factored, grads.d_weight[a:b])
+    _mm(tile, x_factored, grads.d_weight[a:b], accumulate=not first)
+    targets[0].add_rows(grads.d_weight[a:b], a, targets[1])
     if grads.d_bias is not None:  # plain softmax: dL/db_j = sum_i g_i p_ij
         grads.d_bias[a:b] += tile @ factor
 
 
-def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads) -> None:
-    """The target cells' share, dcos_t = g r (p_t - 1) psi' (R,), as R rank-one terms."""
-    if classes.num_classes == 0:
-        return
+def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads, cells):
+    """The target cells' share, dcos_t = g r (p_t - 1) psi' (R,): added to d_x (and d_bias,
+    dot) now; returns its d_weight rows (M, D) in cell order, A_t += dcos_t / n_t * x."""
     owned = rows.target[block] >= 0
-    t = rows.target[block].clamp_min(0)  # (R,); rows owned elsewhere add zeros to class 0
+    t = rows.target[block].clamp_min(0)  # (R,); rows owned elsewhere add zeros
     p_minus_1 = torch.expm1(rows.target_logit[block] - lse)  # (R,) without cancellation
     dcos = torch.where(owned, coef * p_minus_1 * target_dpsi[block], 0.0)  # (R,)
-    centre, inv_norm = classes.centres(t)  # (R, D) w_hat_t, (R,)
-    grads.d_x[block] += dcos[:, None] * centre
-    x = rows.x[block].to(dcos.dtype)  # (R, D)
-    grads.d_weight.index_add_(0, t, (dcos * inv_norm)[:, None] * x)
-    if grads.d_bias is not None:
-        grads.d_bias.index_add_(0, t, dcos)
     if grads.dot is not None:  # the target's (p_t - 1) * target_logit
         grads.dot[block] += torch.where(owned, p_minus_1 * rows.target_logit[block], 0.0)
+    if classes.num_classes == 0:
+        return None
+    centre, inv_norm = classes.centres(t)  # (R, D) w_hat_t, (R,)
+    grads.d_x[block] += dcos[:, None] * centre
+    if grads.d_bias is not None:
+        grads.d_bias.index_add_(0, t, dcos)
+    x = rows.x[block].to(dcos.dtype)[cells.rows]  # (M, D)
+    return (dcos * inv_norm)[cells.rows, None] * x
 
 
 def _tile_view(store: torch.Tensor, width: int, a: int, b: int) -> torch.Tensor:
@@ -149,7 +153,7 @@ def gradient_sweep(classes, rows, lse, row_grad, target_dpsi, need_dot=False) ->
     cells = TargetCells(rows.target, classes.num_classes, classes.tile)
     coef = row_grad * rows.row_scale  # (N,) dloss/dlogit -> dloss/dcos
     grads = _new_gradients(rows, classes, need_dot)
-    _target_gradients(classes, rows, everything, lse, coef, target_dpsi, grads)
+    values = _target_gradients(classes, rows, everything, lse, coef, target_dpsi, grads, cells)
     work = torch.empty(classes.tile * n, dtype=classes.acc, device=rows.x.device)
     for a, b in classes.ranges():
         tile = classes.logits(rows.scaled.t(), a, b, work[: (b - a) * n].view(b - a, n))
@@ -157,7 +161,7 @@ def gradient_sweep(classes, rows, lse, row_grad, target_dpsi, need_dot=False) ->
         tile.sub_(lse).exp_()  # p, 0 at the target cells
         if need_dot:
             grads.dot += _entropy_term(tile, lse, tile.sum(0))
-        _tile_gradients(classes, rows, everything, a, b, tile, coef, grads)
+        _tile_gradients(classes, rows, everything, a, b, tile, coef, grads, (cells, values), True)
         classes.finish(grads.d_weight[a:b], a, b)
     return grads
 
@@ -173,7 +177,7 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
     store = torch.empty(classes.num_classes * widths[0], dtype=classes.acc, device=device)
     lse = torch.empty(n, dtype=classes.acc, device=device)
     grads = _new_gradients(rows, classes, need_dot)
-    due = None  # (block, factor (tiles, R)): the block whose gradients this sweep computes
+    due = None  # (block, factor (tiles, R), targets): the block whose gradients are due
     for k in range(len(blocks) + 1):
         block = blocks[k] if k < len(blocks) else None
         if block is not None:
@@ -182,9 +186,12 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
             stats = []  # per tile: (m, sum[, entropy term]), each (R,)
         for ti, (a, b) in enumerate(classes.ranges()):
             if due is not None:
-                due_block, factor = due
+                due_block, factor, targets = due
                 tile = _tile_view(store, due_block.stop - due_block.start, a, b)
-                _tile_gradients(classes, rows, due_block, a, b, tile, factor[ti], grads)
+                first = k == 1
+                _tile_gradients(
+                    classes, rows, due_block, a, b, tile, factor[ti], grads, targets, first
+                )
                 if block is None:  # the last sweep: A is complete for this tile
                     classes.finish(grads.d_weight[a:b], a, b)
             if block is not None:
@@ -200,6 +207,8 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
         scale = torch.exp(m - lse[block])  # (tiles, R): e -> p
         if need_dot:
             grads.dot[block] = (scale * torch.stack([s[2] for s in stats])).sum(0)
-        _target_gradients(classes, rows, block, lse[block], coef, target_dpsi, grads)
-        due = (block, coef * scale)
+        values = _target_gradients(
+            classes, rows, block, lse[block], coef, target_dpsi, grads, cells
+        )
+        due = (block, coef * scale, (cells, values))
     return lse, grads

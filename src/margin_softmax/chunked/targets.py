@@ -19,15 +19,26 @@ class TargetCells:
         self.width, self.tile = n, tile
         owned = (target >= 0).nonzero().squeeze(1)  # (M,)
         self.flat = (target[owned] * n + owned).sort().values  # (M,)
+        self.rows, self.classes = self.flat % n, self.flat // n  # (M,) each, in cell order
         edges = torch.arange(0, num_classes + tile, tile, device=target.device).clamp_max(
             num_classes
         )
         self.bounds = torch.searchsorted(self.flat, edges * n).tolist()  # cells of tile k: [k, k+1)
 
+    def _span(self, start: int) -> tuple[int, int]:
+        index = start // self.tile
+        return self.bounds[index], self.bounds[index + 1]
+
     def fill(self, tile: torch.Tensor, start: int, value: float) -> None:
         """Set the target cells of the tile of classes starting at start to value.
         tile: (T, R) contiguous, T = the tile size given to the constructor (or the rest)."""
-        index = start // self.tile
-        lo, hi = self.bounds[index], self.bounds[index + 1]
+        lo, hi = self._span(start)
         if hi > lo:
             tile.view(-1).index_fill_(0, self.flat[lo:hi] - start * self.width, value)
+
+    def add_rows(self, grad: torch.Tensor, start: int, values: torch.Tensor) -> None:
+        """grad (T, D), the tile's classes: add values (M, D), given in cell order, to the
+        rows of the target classes in this tile."""
+        lo, hi = self._span(start)
+        if hi > lo:
+            grad.index_add_(0, self.classes[lo:hi] - start, values[lo:hi])
