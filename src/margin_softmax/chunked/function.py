@@ -16,7 +16,7 @@ from ..margins import Margin
 from . import plan
 from .shard import row_scale_gradient
 from .sweeps import RowSide, fused_sweeps, gradient_sweep, lse_sweep
-from .tiles import ClassTiles
+from .tiles import ClassTiles, matmul_dtype
 from .unit_rows import unit_rows, unit_rows_backward
 
 
@@ -27,7 +27,7 @@ def _target_dot(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.T
 
 def _row_side(embeddings, weight, labels, bias, scale, margin, row_scale):
     """(RowSide, x_norm or None, psi' (N,)): the row side of the problem in compute dtype."""
-    acc, wd = compute_dtype(embeddings.dtype), weight.dtype
+    acc, wd = compute_dtype(embeddings.dtype), matmul_dtype(weight.dtype)
     n = embeddings.shape[0]
     if margin is None:  # plain softmax: logits x W^T + b
         x, x_norm = embeddings.to(acc), None

@@ -17,15 +17,15 @@ import torch
 from ..functional import compute_dtype
 from .plan import tile_bytes, tile_classes
 from .sweeps import RowSide, gradient_sweep, lse_sweep
-from .tiles import ClassTiles
+from .tiles import ClassTiles, matmul_dtype
 
 
 def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size):
-    acc = compute_dtype(weight.dtype)
+    acc, mm = compute_dtype(weight.dtype), matmul_dtype(weight.dtype)
     r = row_scale.to(acc)
     rows = RowSide(
-        x=x_hat.to(weight.dtype),
-        scaled=(r[:, None] * x_hat.to(acc)).to(weight.dtype),  # (N, D)
+        x=x_hat.to(mm),
+        scaled=(r[:, None] * x_hat.to(acc)).to(mm),  # (N, D)
         target=local_target,
         target_logit=target_logit.to(acc),
         row_scale=r,

@@ -4,7 +4,7 @@ Logits are kept class-major: a tile of classes [a, b) for R rows is a (T, R) ten
 GEMMs use the raw weight rows w_j and the norms are applied to the tile (n_j = |w_j|):
 
     logits = (w[a:b] @ (r x_hat)^T) / n[a:b]     GEMM 1; target cells set to -inf
-    e      = exp(logits - m)                     in place, m the tile's max per row
+    e      = exp(logits - m)                     in place, m a shift per row (below)
     p      = e * exp(m - lse)
     d_x_hat[rows]  += g r p^T  (w / n)[a:b]      GEMM 2
     A[a:b]         += (p / n) (g r x_hat)[rows]  GEMM 3; A_j = dL/dw_hat_j / n_j
@@ -13,6 +13,13 @@ GEMMs use the raw weight rows w_j and the norms are applied to the tile (n_j = |
 The target cell stays out of the streamed sums: its logit joins the lse by logaddexp (exact
 when p_target ~ 1, where subtracting it back out would cancel), and its gradient
 g r (p_t - 1) psi' is added as N rank-one terms. Plain softmax: no norms, and a bias.
+
+The shift m: logits are r_i * cos_ij <= r_i, so for r_i <= SHIFT_MAX_SCALE the fixed
+m_i = r_i - SHIFT keeps logit - m in [SHIFT - 2 r_i, SHIFT]: exp neither overflows (nor does
+a sum of 2^32 terms) nor leaves float32's normal range, and the tile needs no max pass; the
+shift fuses into the norm pass. Larger r_i (SphereFace's r = s |x|) and plain softmax (no
+bound) use the tile's max. The gradient pass multiplies e by exp(m - lse) first, so the
+GEMMs only see values of dcos's size.
 
 Two schedules:
 - ``lse_sweep`` then ``gradient_sweep`` (the shard primitives; any C): 4 GEMMs, memory one
@@ -71,11 +78,27 @@ def _new_gradients(rows: RowSide, classes: ClassTiles, need_dot: bool) -> Gradie
     )
 
 
-def _exp_in_place(tile: torch.Tensor):
-    """tile <- exp(tile - m), m its max per column (per row of the batch); returns m, sums."""
-    m = tile.amax(0).clamp_min(torch.finfo(tile.dtype).min)  # (R,), finite if all -inf
-    tile.sub_(m).exp_()
-    return m, tile.sum(0)
+SHIFT, SHIFT_MAX_SCALE = 64.0, 75.0
+
+
+def fixed_shift(classes: ClassTiles, rows: RowSide) -> torch.Tensor | None:
+    """m_i = r_i - SHIFT (N,) where it is safe for every row (see module doc), else None."""
+    if classes.inv_norm is None or rows.row_scale.numel() == 0:
+        return None
+    if float(rows.row_scale.abs().max()) > SHIFT_MAX_SCALE:
+        return None
+    return rows.row_scale.abs() - SHIFT
+
+
+def _tile_exp(classes, rows_t, a, b, out, cells, shift):
+    """out (T, R) <- exp(logits - m), target cells 0; returns (tile, m (R,), sums (R,))."""
+    tile = classes.logits(rows_t, a, b, out, minus=shift)
+    cells.fill(tile, a, -float("inf"))
+    if shift is None:
+        shift = tile.amax(0).clamp_min(torch.finfo(tile.dtype).min)  # finite if all -inf
+        tile.sub_(shift)
+    tile.exp_()
+    return tile, shift, tile.sum(0)
 
 
 def _entropy_term(e: torch.Tensor, m: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -94,17 +117,17 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, accumulate: bool = 
 
 
 def _tile_gradients(classes, rows, block, a, b, tile, factor, grads, targets, first) -> None:
-    """GEMMs 2 and 3 from tile (T, R) = p / factor (factor (R,) per row of the batch):
-    d_x[block] += factor * (p / factor)^T w_hat and A[a:b] (+)= (tile / n) (factor * x), then
-    the target cells' rows (targets: (TargetCells, (M, D) values)). first: A[a:b] unwritten."""
-    w = classes.weight[a:b]
-    tile = classes.divide_by_norm(tile, a, b)  # (T, R)
-    grads.d_x[block].addcmul_(factor[:, None], (tile.t().to(w.dtype) @ w).to(classes.acc))
-    x_factored = (factor[:, None] * rows.x[block].to(classes.acc)).to(w.dtype)  # (R, D)
-    _mm(tile, x_factored, grads.d_weight[a:b], accumulate=not first)
-    targets[0].add_rows(grads.d_weight[a:b], a, targets[1])
+    """From e = p / factor in tile (T, R), factor (R,) = g r exp(m - lse) per row of the
+    batch: dcos = e * factor, then GEMMs 2 and 3, d_x[block] += dcos^T w_hat and A[a:b] (+)=
+    (dcos / n) x, and the target cells' rows (targets: (TargetCells, (M, D) values)).
+    first: A[a:b] not yet written."""
+    tile.mul_(factor)  # (T, R) dcos, 0 at the target cells
     if grads.d_bias is not None:  # plain softmax: dL/db_j = sum_i g_i p_ij
-        grads.d_bias[a:b] += tile @ factor
+        grads.d_bias[a:b] += tile.sum(1)
+    tile = classes.divide_by_norm(tile, a, b)
+    _mm(tile.t(), classes.weights(a, b), grads.d_x[block])
+    _mm(tile, rows.x[block], grads.d_weight[a:b], accumulate=not first)
+    targets[0].add_rows(grads.d_weight[a:b], a, targets[1])
 
 
 def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads, cells):
@@ -138,10 +161,10 @@ def lse_sweep(classes: ClassTiles, rows: RowSide) -> torch.Tensor:
     cells = TargetCells(rows.target, classes.num_classes, classes.tile)
     work = torch.empty(classes.tile * n, dtype=classes.acc, device=rows.x.device)
     lse = torch.full((n,), -float("inf"), dtype=classes.acc, device=rows.x.device)
+    shift = fixed_shift(classes, rows)
     for a, b in classes.ranges():
-        tile = classes.logits(rows.scaled.t(), a, b, work[: (b - a) * n].view(b - a, n))
-        cells.fill(tile, a, -float("inf"))
-        m, total = _exp_in_place(tile)
+        out = work[: (b - a) * n].view(b - a, n)
+        _, m, total = _tile_exp(classes, rows.scaled.t(), a, b, out, cells, shift)
         lse = torch.logaddexp(lse, m + total.log())
     return torch.logaddexp(lse, rows.owned_logit(everything))
 
@@ -177,6 +200,7 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
     store = torch.empty(classes.num_classes * widths[0], dtype=classes.acc, device=device)
     lse = torch.empty(n, dtype=classes.acc, device=device)
     grads = _new_gradients(rows, classes, need_dot)
+    shift = fixed_shift(classes, rows)
     due = None  # (block, factor (tiles, R), targets): the block whose gradients are due
     for k in range(len(blocks) + 1):
         block = blocks[k] if k < len(blocks) else None
@@ -195,9 +219,11 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
                 if block is None:  # the last sweep: A is complete for this tile
                     classes.finish(grads.d_weight[a:b], a, b)
             if block is not None:
-                tile = classes.logits(rows.scaled[block].t(), a, b, _tile_view(store, width, a, b))
-                cells.fill(tile, a, -float("inf"))
-                m, total = _exp_in_place(tile)
+                out = _tile_view(store, width, a, b)
+                block_shift = None if shift is None else shift[block]
+                tile, m, total = _tile_exp(
+                    classes, rows.scaled[block].t(), a, b, out, cells, block_shift
+                )
                 stats.append((m, total, _entropy_term(tile, m, total)) if need_dot else (m, total))
         if block is None:
             break

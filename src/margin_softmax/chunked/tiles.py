@@ -13,6 +13,12 @@ import torch
 from ..functional import NORM_EPS, compute_dtype
 
 
+def matmul_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The tiles' matmul dtype: the input's, except float16 -> float32: the raw weight rows
+    times r_i (up to |w| * s) can pass float16's 65504 (bfloat16 has float32's range)."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 class ClassTiles:
     """weight (C, D) raw; tile: classes per tile; bias (C,) or None (plain softmax only)."""
 
@@ -25,7 +31,7 @@ class ClassTiles:
     ) -> None:
         self.weight, self.tile = weight, max(1, int(tile))
         self.num_classes = weight.shape[0]
-        self.acc = compute_dtype(weight.dtype)
+        self.acc, self.mm = compute_dtype(weight.dtype), matmul_dtype(weight.dtype)
         self.bias = None if bias is None else bias.to(self.acc)
         self.norm = self.inv_norm = self._work = None
         if normalized:
@@ -38,15 +44,23 @@ class ClassTiles:
         for a in range(0, self.num_classes, self.tile):
             yield a, min(a + self.tile, self.num_classes)
 
-    def logits(self, rows_t: torch.Tensor, a: int, b: int, out: torch.Tensor) -> torch.Tensor:
-        """out (T, R) <- w[a:b] @ rows_t / n[a:b] (+ bias) in compute dtype; rows_t (D, R)."""
-        w = self.weight[a:b]
+    def weights(self, a: int, b: int) -> torch.Tensor:
+        """The raw weight rows [a, b) (T, D) in the matmul dtype."""
+        return self.weight[a:b].to(self.mm)
+
+    def logits(self, rows_t, a: int, b: int, out: torch.Tensor, minus=None) -> torch.Tensor:
+        """out (T, R) <- w[a:b] @ rows_t / n[a:b] (+ bias) (- minus) in compute dtype;
+        rows_t (D, R), minus (R,) or None (normalised only: fused into the norm pass)."""
+        w = self.weights(a, b)
         if out.dtype == w.dtype:
             torch.mm(w, rows_t, out=out)
         else:
             out.copy_(w @ rows_t)  # half inputs: the matmul in their dtype, float32 after
         if self.inv_norm is not None:
-            out.mul_(self.inv_norm[a:b, None])
+            if minus is None:
+                out.mul_(self.inv_norm[a:b, None])
+            else:
+                torch.addcmul(-minus[None, :], out, self.inv_norm[a:b, None], out=out)
         if self.bias is not None:
             out.add_(self.bias[a:b, None])
         return out
