@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from margin_softmax import margin_cross_entropy, softmax_cross_entropy
-from margin_softmax.chunked import plan, shard_gradients, shard_logsumexp
+from margin_softmax.chunked import plan, shard_gradients, shard_logsumexp, sweeps
 from margin_softmax.functional import normalize
 from margin_softmax.margins import Margin
 
@@ -23,19 +23,24 @@ MARGINS = {
     "combined": (Margin(m1=1.2, m2=0.3, m3=0.2), False),
 }
 
-# name -> (KEEP_BYTES per class, MIN_KEEP_ROWS, tile bytes per row): the schedules of
-# function.py at test sizes: one kept block, several uneven kept blocks, two sweeps.
+# name -> (KEEP_BYTES per class, MIN_KEEP_ROWS, tile bytes per row, shift by the tile max):
+# the schedules of function.py at test sizes: one kept block, several uneven kept blocks, two
+# sweeps; each with the fixed shift r - 64 (r <= 75) and with the tile's max.
 SCHEDULES = {
-    "fused-one-block": (None, None, None),
-    "fused-blocks": (4 * 4, 1, 4 * 5),  # widest block 4 rows: widths [4, 4, 3] for N = 11
-    "two-sweeps": (4 * 4, 10**9, 4 * 6),
-    "tile-of-one-class": (4 * 5, 1, 4),
+    "fused-one-block": (None, None, None, False),
+    "fused-blocks": (4 * 4, 1, 4 * 5, False),  # widest block 4 rows: widths [4, 4, 3], N = 11
+    "fused-blocks-tile-max": (4 * 4, 1, 4 * 5, True),
+    "two-sweeps": (4 * 4, 10**9, 4 * 6, False),
+    "two-sweeps-tile-max": (4 * 4, 10**9, 4 * 6, True),
+    "tile-of-one-class": (4 * 5, 1, 4, False),
 }
 
 
 @pytest.fixture(params=list(SCHEDULES))
 def schedule(request, monkeypatch):
-    keep, min_rows, tile = SCHEDULES[request.param]
+    keep, min_rows, tile, tile_max = SCHEDULES[request.param]
+    if tile_max:
+        monkeypatch.setattr(sweeps, "SHIFT_MAX_SCALE", -1.0)
     monkeypatch.setattr(plan, "ROW_ALIGN", 1)
     monkeypatch.setattr(plan, "MIN_TILE_CLASSES", 1)
     if keep is not None:
@@ -195,6 +200,24 @@ def test_poles_and_zero_rows_are_finite(name):
     x[0], x[1], x[2] = w[y[0]], -2 * w[y[1]], 0.0
     expected = loss_and_grads("eager", x, w, y, margin, by_norm, "none")
     assert_close_rel(loss_and_grads("chunked", x, w, y, margin, by_norm, "none"), expected, 1e-9)
+
+
+@pytest.mark.parametrize("two_sweeps", [False, True])
+def test_fixed_shift_at_its_limits(two_sweeps, monkeypatch):
+    """r = 75 (the largest the fixed shift takes) with every cosine ~ -1: exp(logit - m) is
+    ~e^-86, just inside float32's normal range; and a zero weight row (1/|w| = 1e12)."""
+    if two_sweeps:
+        monkeypatch.setattr(plan, "MIN_KEEP_ROWS", 10**9)
+    x, w, y = problem(6, 40, 8)
+    w = w * 0.01 + torch.ones(8, dtype=torch.float64)  # all centres near one direction
+    x[:4] = -torch.ones(8, dtype=torch.float64)  # opposite every centre
+    w[5] = 0.0
+    y[5] = 5
+    margin = Margin(m3=0.2)
+    exact = loss_and_grads("eager", x, w, y, margin, False, "none", scale=75.0)
+    single = [t.float() for t in (x, w)]
+    chunked = loss_and_grads("chunked", *single, y, margin, False, "none", scale=75.0)
+    assert_close_rel(chunked, exact, 1e-5)
 
 
 class LargestAllocation(TorchDispatchMode):
