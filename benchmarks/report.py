@@ -99,6 +99,8 @@ def write_plot(rows, args, path) -> None:
             ys = [values[s] for s in sizes if values.get(s) is not None]
             ax.bar(xs, ys, width, label=variant)
         ax.axhline(1.0, color="black", linewidth=0.8)
+        if key == "time_ratio":
+            ax.set_yscale("log")  # the slowest peer is ~30x
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))], sizes)
         ax.set_ylabel(f"{title} / floor")
         ax.set_title(f"{title} ({args.device}, {args.dtype}, forward + backward)")

@@ -1,18 +1,19 @@
 """Sweeps over tiles of classes: the log-sum-exp and the gradients, never (N, C) at once.
 
 Logits are kept class-major: a tile of classes [a, b) for R rows is a (T, R) tensor. The
-GEMMs use the raw weight rows w_j and the norms are applied to the tile (n_j = |w_j|):
+GEMMs use the raw weight rows w_j; the norms n_j = max(|w_j|, eps) are applied to the tiles:
 
-    logits = (w[a:b] @ (r x_hat)^T) / n[a:b]     GEMM 1; target cells set to -inf
-    e      = exp(logits - m)                     in place, m a shift per row (below)
-    p      = e * exp(m - lse)
-    d_x_hat[rows]  += g r p^T  (w / n)[a:b]      GEMM 2
-    A[a:b]         += (p / n) (g r x_hat)[rows]  GEMM 3; A_j = dL/dw_hat_j / n_j
-    dL/dw_j = A_j - w_hat_j <w_hat_j, A_j>       (the normalisation, once per tile at the end)
+    logits = w[a:b] @ (r x_hat)^T / n[a:b] - m     GEMM 1; target cells set to -inf
+    e      = exp(logits)                           in place; m a shift per row (below)
+    dcos   = e * g r exp(m - lse)                  (= g r p off the target)
+    d_x_hat[rows] += (dcos / n)^T w[a:b]           GEMM 2
+    A[a:b]        += (dcos / n) x_hat[rows]        GEMM 3; A_j = dL/dw_hat_j / n_j
+    dL/dw_j = A_j - w_hat_j <w_hat_j, A_j>         (the normalisation, once per tile at the end)
 
 The target cell stays out of the streamed sums: its logit joins the lse by logaddexp (exact
 when p_target ~ 1, where subtracting it back out would cancel), and its gradient
-g r (p_t - 1) psi' is added as N rank-one terms. Plain softmax: no norms, and a bias.
+g r (p_t - 1) psi' is added as rank-one terms (to d_x per block, to A per tile).
+Plain softmax: no norms, and a bias.
 
 The shift m: logits are r_i * cos_ij <= r_i, so for r_i <= SHIFT_MAX_SCALE the fixed
 m_i = r_i - SHIFT keeps logit - m in [SHIFT - 2 r_i, SHIFT]: exp neither overflows (nor does
