@@ -335,7 +335,9 @@ def test_chunked_on_cuda_equals_eager(dtype, two_sweeps, monkeypatch):
     float64 no worse than eager), C not a multiple of the tile, several tiles."""
     if two_sweeps:
         monkeypatch.setattr(plan, "MIN_KEEP_ROWS", 10**9)
-    monkeypatch.setattr(plan, "TILE_BYTES", 4 * 96 * 1000)
+    monkeypatch.setattr(plan, "GPU_TILE_FACTOR", 1)
+    for name in ("TILE_BYTES", "FUSED_TILE_BYTES"):
+        monkeypatch.setattr(plan, name, 4 * 96 * 1000)  # tiles of 1000 classes
     x, w, y = problem(96, 5003, 64)
     margin, by_norm = MARGINS["arcface-seed"]
     exact = loss_and_grads("eager", x, w, y, margin, by_norm, "none")
