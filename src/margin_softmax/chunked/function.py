@@ -1,10 +1,11 @@
-"""The chunked cross-entropy as one autograd.Function: margin losses and plain softmax.
+"""The chunked cross-entropy as one autograd.Function: margin losses, plain softmax, and a
+target logit given per sample (the heads whose margin differs from sample to sample).
 
 Forward: the target logit from the N target rows of weight (psi and psi' from margins.py),
-then the sweeps over tiles of classes (sweeps.py). For a scalar reduction the gradients are
-computed in the forward call (backward only scales them by grad_output), which saves
-recomputing the logits; for reduction="none" backward runs a gradient sweep with the per-row
-grad_output. Half inputs: matmuls in their dtype, softmax and sums in float32.
+or as given, then the sweeps over tiles of classes (sweeps.py). For a scalar reduction the
+gradients are computed in the forward call (backward only scales them by grad_output), which
+saves recomputing the logits; for reduction="none" backward runs a gradient sweep with the
+per-row grad_output. Half inputs: matmuls in their dtype, softmax and sums in float32.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ def _target_dot(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.T
     return (x.to(dtype).to(x.dtype) * w.to(dtype).to(x.dtype)).sum(1)
 
 
-def _row_side(embeddings, weight, labels, bias, scale, margin, row_scale):
-    """(RowSide, x_norm or None, psi' (N,)): the row side of the problem in compute dtype."""
+def _row_side(embeddings, weight, labels, bias, scale, margin, row_scale, target_logit):
+    """(RowSide, x, x_norm or None, psi' (N,) or None): the row side in compute dtype. A given
+    target_logit (N,) is taken as it is: its gradient goes back through autograd, so the
+    target cells get no psi' term here (None)."""
     acc, wd = compute_dtype(embeddings.dtype), matmul_dtype(weight.dtype)
     n = embeddings.shape[0]
-    if margin is None:  # plain softmax: logits x W^T + b
+    if margin is None and target_logit is None:  # plain softmax: logits x W^T + b
         x, x_norm = embeddings.to(acc), None
         target_logit = _target_dot(x, weight[labels].to(acc), wd)
         if bias is not None:
@@ -38,11 +41,15 @@ def _row_side(embeddings, weight, labels, bias, scale, margin, row_scale):
         scaled = x
     else:
         x, x_norm = unit_rows(embeddings.to(acc))  # (N, D), (N,)
-        w_hat, _ = unit_rows(weight[labels].to(acc))  # (N, D): the N target centres
-        psi, dpsi = margin.psi_and_grad(_target_dot(x, w_hat, wd))
         r = torch.full((n,), scale, dtype=acc, device=x.device)
         r = r if row_scale is None else row_scale.to(acc)
-        target_logit, scaled = r * psi, r[:, None] * x
+        if target_logit is None:
+            w_hat, _ = unit_rows(weight[labels].to(acc))  # (N, D): the N target centres
+            psi, dpsi = margin.psi_and_grad(_target_dot(x, w_hat, wd))
+            target_logit = r * psi
+        else:
+            target_logit, dpsi = target_logit.detach().to(acc), None
+        scaled = r[:, None] * x
     rows = RowSide(x.to(wd), scaled.to(wd), labels, target_logit, r)
     return rows, x, x_norm, dpsi
 
@@ -51,22 +58,27 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     """loss_i = logsumexp_j logit_ij - logit_iy, logits never held whole (see module doc)."""
 
     @staticmethod
-    def forward(ctx, embeddings, weight, row_scale, bias, labels, scale, margin, reduction):
+    def forward(
+        ctx, embeddings, weight, row_scale, bias, target_logit, labels, scale, margin, reduction
+    ):
         with torch.autocast(embeddings.device.type, enabled=False):
             rows, x, x_norm, dpsi = _row_side(
-                embeddings, weight, labels, bias, scale, margin, row_scale
+                embeddings, weight, labels, bias, scale, margin, row_scale, target_logit
             )
             n, c = embeddings.shape[0], weight.shape[0]
-            need_grads = any(ctx.needs_input_grad[:4])
+            need_grads = any(ctx.needs_input_grad[:5])
             need_dot = row_scale is not None and ctx.needs_input_grad[2]
             bias_dtype = None if bias is None else bias.dtype
-            ctx.extra = (reduction, x, x_norm, row_scale is not None, bias_dtype, need_dot)
+            target_dtype = None if target_logit is None else target_logit.dtype
+            ctx.extra = (
+                reduction, x, x_norm, row_scale is not None, bias_dtype, need_dot, target_dtype
+            )
             row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
             scalar_grads = need_grads and reduction != "none"
             widths = plan.plan_blocks(n, c) if scalar_grads else None  # None: two sweeps
             tile_bytes = plan.tile_bytes(widths is not None, embeddings.device.type)
             tile = plan.tile_classes(n if widths is None else widths[0], tile_bytes)
-            classes = ClassTiles(weight, tile, margin is not None, bias)
+            classes = ClassTiles(weight, tile, x_norm is not None, bias)
             grads = None
             if widths is not None:
                 lse, grads = fused_sweeps(classes, rows, row_grad, dpsi, widths, need_dot)
@@ -79,7 +91,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 ctx.state = (classes, rows, lse, dpsi)
                 return loss.to(embeddings.dtype)
             if grads is not None:
-                ctx.grads = _input_gradients(ctx, grads, rows, row_grad, weight)
+                ctx.grads = _input_gradients(ctx, grads, rows, lse, row_grad, weight)
             total = loss.mean() if reduction == "mean" else loss.sum()
             return total.to(embeddings.dtype)
 
@@ -91,7 +103,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             with torch.autocast(grad_output.device.type, enabled=False):
                 row_grad = grad_output.to(lse.dtype)
                 grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, ctx.extra[5])
-                result = _input_gradients(ctx, grads, rows, row_grad, classes.weight)
+                result = _input_gradients(ctx, grads, rows, lse, row_grad, classes.weight)
         else:
             if getattr(ctx, "grads", None) is None:
                 raise RuntimeError(
@@ -101,19 +113,22 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             result, ctx.grads = ctx.grads, None  # drop our reference: autograd may keep it
             if not bool(grad_output == 1):
                 result = tuple(None if g is None else g.mul_(grad_output) for g in result)
-        d_embeddings, d_weight, d_row_scale, d_bias = result
-        return d_embeddings, d_weight, d_row_scale, d_bias, None, None, None, None
+        return *result, None, None, None, None
 
 
-def _input_gradients(ctx, grads, rows, row_grad, weight):
-    """(d_embeddings, d_weight, d_row_scale, d_bias) in the inputs' dtypes."""
-    _, x, x_norm, has_row_scale, bias_dtype, need_dot = ctx.extra
+def _input_gradients(ctx, grads, rows, lse, row_grad, weight):
+    """(d_embeddings, d_weight, d_row_scale, d_bias, d_target_logit) in the inputs' dtypes;
+    d_target_logit_i = g_i (p_it - 1), p_it - 1 = expm1(t_i - lse_i) without cancellation."""
+    _, x, x_norm, has_row_scale, bias_dtype, need_dot, target_dtype = ctx.extra
     d_x = grads.d_x if x_norm is None else unit_rows_backward(grads.d_x, x, x_norm)
     d_row_scale = None
     if has_row_scale and need_dot:
         d_row_scale = row_scale_gradient(grads.dot, rows.row_scale, row_grad)
     d_bias = None if bias_dtype is None else grads.d_bias.to(bias_dtype)
-    return d_x.to(weight.dtype), grads.d_weight.to(weight.dtype), d_row_scale, d_bias
+    d_target = None
+    if target_dtype is not None:
+        d_target = (row_grad * torch.expm1(rows.target_logit - lse)).to(target_dtype)
+    return d_x.to(weight.dtype), grads.d_weight.to(weight.dtype), d_row_scale, d_bias, d_target
 
 
 def chunked_margin_cross_entropy(
@@ -128,7 +143,7 @@ def chunked_margin_cross_entropy(
     """margin_cross_entropy(...) without the (N, C) logits. embeddings (N, D), weight (C, D),
     labels (N,), row_scale (N,) or None (then r_i = scale). Returns a scalar or (N,)."""
     return ChunkedCrossEntropy.apply(
-        embeddings, weight, row_scale, None, labels, scale, margin, reduction
+        embeddings, weight, row_scale, None, None, labels, scale, margin, reduction
     )
 
 
@@ -140,4 +155,23 @@ def chunked_softmax_cross_entropy(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """cross_entropy(x W^T + b, labels) without the (N, C) logits; x (N, D), W (C, D)."""
-    return ChunkedCrossEntropy.apply(embeddings, weight, None, bias, labels, 1.0, None, reduction)
+    return ChunkedCrossEntropy.apply(
+        embeddings, weight, None, bias, None, labels, 1.0, None, reduction
+    )
+
+
+def chunked_target_cross_entropy(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    target_logit: torch.Tensor,
+    scale: float,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """cross_entropy(scale * cos with column y_i of row i set to target_logit_i, labels)
+    without the (N, C) logits. embeddings (N, D), weight (C, D), labels (N,), target_logit
+    (N,) any differentiable function of the caller's (its gradient, g (p_t - 1), goes back
+    through autograd). Returns a scalar or (N,)."""
+    return ChunkedCrossEntropy.apply(
+        embeddings, weight, None, None, target_logit, labels, scale, None, reduction
+    )

@@ -56,7 +56,7 @@ def shard_gradients(
     weight: torch.Tensor,
     local_target: torch.Tensor,
     target_logit: torch.Tensor,
-    target_dpsi: torch.Tensor,
+    target_dpsi: torch.Tensor | None,
     row_scale: torch.Tensor,
     lse: torch.Tensor,
     row_grad: torch.Tensor,
@@ -69,14 +69,18 @@ def shard_gradients(
         dlogit_ij = p_ij - y_ij,  p_ij = exp(logit_ij - lse_i)
         dcos_ij   = row_grad_i * r_i * dlogit_ij      (times target_dpsi_i at the target)
 
+    target_dpsi None: the target cells contribute nothing here (a target logit with its own
+    autograd; its gradient is row_grad_i * (p_it - 1), from the global lse).
+
     Returns d_x_hat (N, D) and d_row_scale (N,) in compute dtype (d_row_scale_i = row_grad_i *
     sum_j dlogit_ij * logit_ij / r_i, 0 where r_i = 0; None unless need_row_scale_grad), and
     d_weight (C_r, D) in weight's dtype, through the normalisation of each weight row."""
     classes, rows = _sides(x_hat, weight, local_target, target_logit, row_scale, block_size)
     acc = classes.acc
     row_grad = row_grad.to(acc)
+    dpsi = None if target_dpsi is None else target_dpsi.to(acc)
     grads = gradient_sweep(
-        classes, rows, lse.to(acc), row_grad, target_dpsi.to(acc), need_row_scale_grad
+        classes, rows, lse.to(acc), row_grad, dpsi, need_row_scale_grad
     )
     d_row_scale = None
     if need_row_scale_grad:

@@ -12,7 +12,8 @@ GEMMs use the raw weight rows w_j; the norms n_j = max(|w_j|, eps) are applied t
 
 The target cell stays out of the streamed sums: its logit joins the lse by logaddexp (exact
 when p_target ~ 1, where subtracting it back out would cancel), and its gradient
-g r (p_t - 1) psi' is added as rank-one terms (to d_x per block, to A per tile).
+g r (p_t - 1) psi' is added as rank-one terms (to d_x per block, to A per tile), or left to
+the caller where the target logit comes as a tensor with its own autograd (target_dpsi None).
 Plain softmax: no norms, and a bias.
 
 The shift m: logits are r_i * cos_ij <= r_i, so for r_i <= SHIFT_MAX_SCALE the fixed
@@ -128,12 +129,17 @@ def _tile_gradients(classes, rows, block, a, b, tile, factor, grads, targets, fi
     tile = classes.divide_by_norm(tile, a, b)
     _mm(tile.t(), classes.weights(a, b), grads.d_x[block])
     _mm(tile, rows.x[block], grads.d_weight[a:b], accumulate=not first)
-    targets[0].add_rows(grads.d_weight[a:b], a, targets[1])
+    if targets[1] is not None:
+        targets[0].add_rows(grads.d_weight[a:b], a, targets[1])
 
 
 def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads, cells):
     """The target cells' share, dcos_t = g r (p_t - 1) psi' (R,): added to d_x (and d_bias,
-    dot) now; returns its d_weight rows (M, D) in cell order, A_t += dcos_t / n_t * x."""
+    dot) now; returns its d_weight rows (M, D) in cell order, A_t += dcos_t / n_t * x.
+    None when target_dpsi is None: a target logit given as a tensor gets its gradient
+    through the caller's autograd, and no term here (nor in dot: it does not depend on r)."""
+    if target_dpsi is None:
+        return None
     owned = rows.target[block] >= 0
     t = rows.target[block].clamp_min(0)  # (R,); rows owned elsewhere add zeros
     p_minus_1 = torch.expm1(rows.target_logit[block] - lse)  # (R,) without cancellation
