@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .margins import Margin, apply_margin
-from .validation import check_embeddings, check_labels, check_scale
+from .validation import check_embeddings, check_finite, check_labels, check_scale
 
 IMPLS = ("auto", "eager", "chunked", "triton")
 REDUCTIONS = ("mean", "sum", "none")
@@ -151,6 +151,65 @@ def eager_margin_cross_entropy(
         cos = cos.scatter(1, target, psi[:, None])  # (N, C), target column replaced
     r = scale if row_scale is None else row_scale.to(cos.dtype)[:, None]  # () or (N, 1)
     return F.cross_entropy(r * cos, labels, reduction="none")  # (N,)
+
+
+def target_cosines(
+    embeddings: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """cos_iy = <x_i / |x_i|, w_y / |w_y|> (N,) in compute_dtype, from the N target rows of
+    weight only (differentiable in both)."""
+    dtype = compute_dtype(embeddings.dtype)
+    return (normalize(embeddings.to(dtype)) * normalize(weight[labels].to(dtype))).sum(1)
+
+
+def target_cross_entropy(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    target_logit: torch.Tensor,
+    *,
+    scale: float,
+    reduction: str = "mean",
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Cross-entropy of scale * cos with the target logit given per sample:
+
+        logit_ij = scale * cos_ij  (j != y_i),   logit_iy = target_logit_i
+        loss_i   = logsumexp_j logit_ij - target_logit_i
+
+    embeddings (N, D), weight (C, D), labels (N,), target_logit (N,): any differentiable
+    function of the caller's (of target_cosines, |x_i|, per-sample margins); its gradient
+    g_i (p_iy - 1) goes back through autograd. impl: "auto", "eager" (materialises (N, C))
+    or "chunked" (never does). Returns the loss in the embeddings' dtype."""
+    embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
+    check_embeddings(embeddings, weight)
+    labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
+    scale = check_scale(scale)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not isinstance(target_logit, torch.Tensor) or not target_logit.is_floating_point():
+        raise TypeError(f"target_logit must be a float tensor, got {target_logit!r}")
+    if target_logit.shape != labels.shape or target_logit.device != embeddings.device:
+        raise ValueError(
+            f"target_logit must have shape {tuple(labels.shape)} on {embeddings.device}, got "
+            f"shape {tuple(target_logit.shape)} on {target_logit.device}"
+        )
+    check_finite("target_logit", target_logit)
+    if impl == "triton":
+        raise ValueError("impl='triton' takes a Margin; use 'chunked' for a per-sample target")
+    if embeddings.shape[0] == 0:
+        empty = embeddings.sum() * 0 + target_logit.sum() * 0
+        return empty.expand(0) if reduction == "none" else empty
+    if resolve_impl(impl, embeddings, weight.shape[0], plain=True) == "chunked":
+        from .chunked import chunked_target_cross_entropy
+
+        loss = chunked_target_cross_entropy(
+            embeddings, weight, labels, target_logit, scale, reduction
+        )
+        return loss.to(out_dtype)
+    cos = cosine_logits(embeddings, weight)  # (N, C)
+    logits = (scale * cos).scatter(1, labels[:, None], target_logit[:, None].to(cos.dtype))
+    return F.cross_entropy(logits, labels, reduction=reduction).to(out_dtype)
 
 
 def margin_logits(
