@@ -18,16 +18,17 @@ import math
 
 import torch
 
-from .eager import EagerHead, check_float, replace_target, target_of
+from .eager import TargetLogitHead, check_float
 
 EPS = 1e-3  # the official code's eps: cosine clamp, theta clip and the std guard
 
 
-class AdaFace(EagerHead):
+class AdaFace(TargetLogitHead):
     """AdaFace with the official training defaults (m = 0.4, h = 0.333, s = 64,
     t_alpha = 0.01; the EMAs start at mean 20, std 100). ``batch_mean`` and ``batch_std``
     are buffers (saved in state_dict), updated on training-mode forwards before the margins
-    are computed (as the official code does), frozen in eval mode."""
+    are computed (as the official code does), frozen in eval mode. impl: "auto", "eager" or
+    "chunked" (never the (N, C) logits)."""
 
     def __init__(
         self,
@@ -38,7 +39,7 @@ class AdaFace(EagerHead):
         h: float = 0.333,
         scale: float = 64.0,
         t_alpha: float = 0.01,
-        impl: str = "eager",
+        impl: str = "auto",
     ) -> None:
         super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
         self.margin = check_float("margin", margin, 0.0, math.pi / 2)
@@ -64,12 +65,12 @@ class AdaFace(EagerHead):
         z = self.h * (norms - self.batch_mean) / (self.batch_std + EPS)
         return z.clamp(-1.0, 1.0)
 
-    def training_logits(self, cos, labels, embeddings):
-        z = self.margin_scaler(embeddings).to(cos.dtype)  # (N,)
+    def target_logit(self, cos_target, embeddings):
+        z = self.margin_scaler(embeddings).to(cos_target.dtype)  # (N,)
         g_angular, g_additive = -self.margin * z, self.margin + self.margin * z
-        theta = torch.acos(target_of(cos, labels).clamp(-1 + EPS, 1 - EPS))  # (N,)
+        theta = torch.acos(cos_target.clamp(-1 + EPS, 1 - EPS))  # (N,)
         psi = torch.cos((theta + g_angular).clamp(EPS, math.pi - EPS)) - g_additive
-        return self.scale * replace_target(cos, labels, psi)
+        return self.scale * psi
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, h={self.h}, t_alpha={self.t_alpha}"

@@ -1,10 +1,14 @@
-"""The base of the heads that materialise the (N, C) logits, and the per-sample margin math.
+"""The bases of the heads that do not fit the functional core's one Margin per batch, and the
+per-sample margin math.
 
-These heads do not fit the functional core's one Margin per batch: their target transform
-differs from sample to sample (AdaFace, MagFace, ElasticFace), they change non-target logits
-(CurricularFace, SubCenterArcFace's hard negatives) or they pool sub-centres
-(SubCenterArcFace). Each builds its (N, C) training logits in plain PyTorch and takes the
-cross-entropy over them; they do not run through the chunked or Triton paths.
+- ``TargetLogitHead``: the target transform differs from sample to sample (AdaFace, MagFace,
+  ElasticFace) but only the target logit changes. The head computes t_i from the N target
+  cosines (and |x_i|, its draws) with ordinary autograd and calls
+  functional.target_cross_entropy, so impl="chunked" (or "auto" at large N * C) never holds
+  the (N, C) logits.
+- ``EagerHead``: non-target logits change too (CurricularFace, SubCenterArcFace's hard
+  negatives) or sub-centres are pooled (SubCenterArcFace). Each builds its (N, C) training
+  logits in plain PyTorch and takes the cross-entropy over them (no chunked or Triton path).
 """
 
 from __future__ import annotations
@@ -14,12 +18,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..functional import autocast_inputs, cosine_logits
+from ..functional import autocast_inputs, cosine_logits, target_cosines, target_cross_entropy
 from ..margins import clamp_eps
 from ..validation import check_embeddings, check_labels, check_scale
 from .base import ClassCentresHead
 
-EAGER_IMPLS = ("auto", "eager")
 ARC_FALLBACKS = ("none", "seed", "continuous", "easy")
 
 
@@ -93,8 +96,10 @@ class EagerHead(ClassCentresHead):
     the cosines and the current state) and, for adaptive state, ``update_state`` (called
     under no_grad in training mode only, before the logits: eval mode freezes the state)."""
 
+    IMPLS = ("auto", "eager")  # these heads have one path: eager
+
     def __init__(self, embedding_dim: int, num_classes: int, *, scale: float, impl: str):
-        check_choice("impl", impl, EAGER_IMPLS)  # these heads have one path: eager
+        check_choice("impl", impl, self.IMPLS)
         super().__init__(embedding_dim, num_classes, impl=impl)
         self.scale = check_scale(scale)
 
@@ -145,6 +150,45 @@ class EagerHead(ClassCentresHead):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, scale={self.scale}"
+
+
+class TargetLogitHead(EagerHead):
+    """A head that changes only the target logit, per sample: logit_iy = t_i, computed by
+    ``target_logit`` from the target cosines cos_iy (N,) and the embeddings (autograd through
+    both), logit_ij = scale * cos_ij elsewhere. forward gathers the N target rows of weight
+    for cos_iy and runs functional.target_cross_entropy: impl "eager", "chunked" (never the
+    (N, C) logits) or "auto" (chunked at large N * C, as the core decides). ``update_state``
+    receives the target cosines (N,) here."""
+
+    IMPLS = ("auto", "eager", "chunked")
+
+    def target_logit(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """t_i (N,) for the current state (eval view; also the training view of ``logits``)."""
+        raise NotImplementedError
+
+    def training_target_logit(self, cos_target, embeddings) -> torch.Tensor:
+        """t_i (N,) in a training forward, after update_state (ElasticFace draws here)."""
+        return self.target_logit(cos_target, embeddings)
+
+    def training_logits(self, cos, labels, embeddings):
+        target = self.target_logit(target_of(cos, labels), embeddings)  # (N,)
+        return replace_target(self.scale * cos, labels, target)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeddings, weight, labels, out_dtype = self._inputs(embeddings, labels)
+        if embeddings.shape[0] == 0:
+            return (embeddings.sum() * 0 + weight.sum() * 0).to(out_dtype)
+        cos_target = target_cosines(embeddings, weight, labels)  # (N,)
+        if self.training:
+            with torch.no_grad():
+                self.update_state(cos_target.detach(), labels, embeddings.detach())
+            target = self.training_target_logit(cos_target, embeddings)  # (N,)
+        else:
+            target = self.target_logit(cos_target, embeddings)
+        loss = target_cross_entropy(
+            embeddings, weight, labels, target, scale=self.scale, reduction="mean", impl=self.impl
+        )
+        return (loss + self.extra_loss(embeddings)).to(out_dtype)
 
 
 def replace_target(cos: torch.Tensor, labels: torch.Tensor, target: torch.Tensor):

@@ -8,26 +8,20 @@ The draws come from a torch.Generator owned by the head (float64, on the CPU, th
 the embeddings' device), seeded by ``seed`` (or from torch's global generator when seed is
 None, so torch.manual_seed makes runs repeat). Its state is saved in state_dict (extra state),
 so a resumed run draws what the uninterrupted one would. Eval mode uses the mean margin.
+Only the target logit changes, so impl="chunked" (or "auto" at large N * C) runs without
+the (N, C) logits (heads/eager.py's TargetLogitHead).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .eager import (
-    ARC_FALLBACKS,
-    EagerHead,
-    arc_margin,
-    check_choice,
-    check_float,
-    replace_target,
-    target_of,
-)
+from .eager import ARC_FALLBACKS, TargetLogitHead, arc_margin, check_choice, check_float
 
 
-class _ElasticHead(EagerHead):
-    """Shared: the generator, the draws, and forward (draws in training, mean in eval)."""
+class _ElasticHead(TargetLogitHead):
+    """Shared: the generator, the draws, and the target logit (draws in training, the mean
+    margin in eval and in ``logits``)."""
 
     def __init__(self, embedding_dim, num_classes, *, margin, std, scale, seed, impl):
         super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
@@ -45,26 +39,17 @@ class _ElasticHead(EagerHead):
             self.margin, self.std, generator=self.generator
         )
 
-    def target_logit(self, cos_target: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    def margin_target(self, cos_target: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """psi(cos_iy; m_i) (N,), before the scale."""
         raise NotImplementedError
 
-    def margin_logits(self, cos, labels, m):
-        psi = self.target_logit(target_of(cos, labels), m.to(cos.device, cos.dtype))  # (N,)
-        return self.scale * replace_target(cos, labels, psi)
+    def target_logit(self, cos_target, embeddings):
+        """Every sample gets the mean margin."""
+        return self.scale * self.margin_target(cos_target, torch.full_like(cos_target, self.margin))
 
-    def training_logits(self, cos, labels, embeddings):
-        """The eval view (and ``logits``): every sample gets the mean margin."""
-        return self.margin_logits(cos, labels, cos.new_full((cos.shape[0],), self.margin))
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(embeddings, labels)
-        embeddings, weight, labels, out_dtype = self._inputs(embeddings, labels)
-        cos = self.cosine(embeddings, weight)  # (N, C)
-        logits = self.margin_logits(cos, labels, self.draw_margins(cos.shape[0]))
-        if cos.shape[0] == 0:
-            return (logits.sum() * 0).to(out_dtype)
-        return F.cross_entropy(logits, labels).to(out_dtype)
+    def training_target_logit(self, cos_target, embeddings):
+        m = self.draw_margins(cos_target.shape[0]).to(cos_target.device, cos_target.dtype)
+        return self.scale * self.margin_target(cos_target, m)
 
     def get_extra_state(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -91,14 +76,14 @@ class ElasticArcFace(_ElasticHead):
         scale: float = 64.0,
         fallback: str = "none",
         seed: int | None = None,
-        impl: str = "eager",
+        impl: str = "auto",
     ) -> None:
         super().__init__(embedding_dim, num_classes, margin=margin, std=std, scale=scale,
                          seed=seed, impl=impl)
         check_choice("fallback", fallback, ARC_FALLBACKS)
         self.fallback = fallback
 
-    def target_logit(self, cos_target, m):
+    def margin_target(self, cos_target, m):
         return arc_margin(cos_target, m, self.fallback)
 
 
@@ -115,10 +100,10 @@ class ElasticCosFace(_ElasticHead):
         std: float = 0.05,
         scale: float = 64.0,
         seed: int | None = None,
-        impl: str = "eager",
+        impl: str = "auto",
     ) -> None:
         super().__init__(embedding_dim, num_classes, margin=margin, std=std, scale=scale,
                          seed=seed, impl=impl)
 
-    def target_logit(self, cos_target, m):
+    def margin_target(self, cos_target, m):
         return cos_target - m

@@ -15,14 +15,16 @@ import warnings
 
 import torch
 
-from .eager import EagerHead, arc_margin, check_choice, check_float, replace_target, target_of
+from .eager import TargetLogitHead, arc_margin, check_choice, check_float
 
 
-class MagFace(EagerHead):
+class MagFace(TargetLogitHead):
     """MagFace with the official defaults (s = 64, l_a = 10, u_a = 110, l_margin = 0.45,
     u_margin = 0.8, lambda_g = 35 from run/run.sh; easy margin, as the official MagLinear).
     fallback: "easy" (official default: no margin where cos <= 0) or "seed" (its
-    easy_margin=False branch: cos - m sin m past theta + m = pi). No running state."""
+    easy_margin=False branch: cos - m sin m past theta + m = pi). No running state.
+    impl: "auto", "eager" or "chunked" (never the (N, C) logits; the margin's gradient
+    through |x_i| flows by autograd through the target logit)."""
 
     def __init__(
         self,
@@ -36,7 +38,7 @@ class MagFace(EagerHead):
         u_margin: float = 0.8,
         lambda_g: float = 35.0,
         fallback: str = "easy",
-        impl: str = "eager",
+        impl: str = "auto",
     ) -> None:
         super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
         self.l_a = check_float("l_a", l_a, 0.0, low_open=True)
@@ -68,10 +70,9 @@ class MagFace(EagerHead):
         slope = (self.u_margin - self.l_margin) / (self.u_a - self.l_a)
         return self.l_margin + slope * (a - self.l_a)
 
-    def training_logits(self, cos, labels, embeddings):
-        m = self.margins(self.magnitudes(embeddings).to(cos.dtype))  # (N,)
-        psi = arc_margin(target_of(cos, labels), m, self.fallback)  # (N,)
-        return self.scale * replace_target(cos, labels, psi)
+    def target_logit(self, cos_target, embeddings):
+        m = self.margins(self.magnitudes(embeddings).to(cos_target.dtype))  # (N,)
+        return self.scale * arc_margin(cos_target, m, self.fallback)  # (N,)
 
     def extra_loss(self, embeddings: torch.Tensor) -> torch.Tensor:
         """lambda_g * mean_i g(a_i), g(a) = 1/a + a/u_a^2."""
