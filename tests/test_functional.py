@@ -128,7 +128,7 @@ def test_half_precision_is_accurate_and_keeps_dtype(dtype):
     assert loss.dtype == dtype and xh.grad.dtype == dtype
     assert torch.isfinite(xh.grad).all() and torch.isfinite(wh.grad).all()
     # rounding the inputs costs ~s * 2^-8 in the logits for bf16: far from an overflow
-    assert float(loss) == pytest.approx(float(exact), rel=0.05)
+    assert loss.item() == pytest.approx(exact.item(), rel=0.05)
 
 
 def test_autocast_casts_weight_and_returns_float32():
@@ -140,7 +140,7 @@ def test_autocast_casts_weight_and_returns_float32():
     loss.backward()
     assert w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
     exact = ms.margin_cross_entropy(x, w.detach(), y, scale=30.0, m2=0.2)
-    assert float(loss) == pytest.approx(float(exact), rel=0.05)
+    assert loss.item() == pytest.approx(exact.item(), rel=0.05)
 
 
 def test_torch_compile_gives_the_same_loss_and_gradient():

@@ -126,7 +126,7 @@ def test_sphereface_annealing_blends_softmax_in():
     first = head(x, y)  # lambda = 1000 / 1.12
     assert head.blend == pytest.approx(max(5.0, 1000 / (1 + 0.12 * 1)))
     ref = R.sphereface_loss(x.numpy(), w.numpy(), y.numpy(), blend=1000 / 1.12)[0]
-    assert float(first) == pytest.approx(ref, rel=1e-9)
+    assert first.item() == pytest.approx(ref, rel=1e-9)
     for _ in range(3000):
         head.iteration += 1
     assert head.blend == 5.0  # lambda_min
@@ -140,7 +140,7 @@ def test_softmax_loss_head_with_and_without_bias():
     head = head_with_weight(ms.SoftmaxLoss(5, 9), w)
     head.bias.data = torch.linspace(-1, 1, 9, dtype=torch.float64)
     ref = R.softmax_loss((x @ w.T + head.bias).detach().numpy(), y.numpy())[0]
-    assert float(head(x, y)) == pytest.approx(ref, rel=1e-12)
+    assert head(x, y).item() == pytest.approx(ref, rel=1e-12)
     assert ms.SoftmaxLoss(5, 9, bias=False).bias is None
 
 
