@@ -1,6 +1,7 @@
-"""The per-sample-target heads (AdaFace, MagFace, ElasticArcFace, ElasticCosFace) and
-target_cross_entropy: the chunked path against eager (loss and gradients, each schedule),
-never an (N, C) tensor, and no cancellation at p_target ~ 1."""
+"""The heads that run through target_cross_entropy (AdaFace, MagFace, ElasticArcFace,
+ElasticCosFace: a per-sample target logit; CurricularFace: and a non-target transform): the
+chunked path against eager (loss and gradients, each schedule), never an (N, C) tensor, and
+no cancellation at p_target ~ 1."""
 
 import pytest
 import torch
@@ -20,6 +21,12 @@ def adaface(d, c, **kw):
     return head
 
 
+def curricularface(d, c, **kw):
+    head = ms.CurricularFace(d, c, **{"scale": 32.0, **kw})
+    head.t.fill_(0.4)  # hard negatives weighted by t + cos
+    return head
+
+
 HEADS = {  # name -> (factory(embedding_dim, num_classes, **keywords), embedding norm)
     "adaface": (adaface, 20.0),
     "magface-easy": (lambda d, c, **kw: ms.MagFace(d, c, **{"scale": 32.0, **kw}), 60.0),
@@ -31,7 +38,9 @@ HEADS = {  # name -> (factory(embedding_dim, num_classes, **keywords), embedding
         d, c, seed=3, fallback="seed", **{"scale": 32.0, **kw}), 1.0),
     "elastic-cos": (
         lambda d, c, **kw: ms.ElasticCosFace(d, c, seed=3, **{"scale": 32.0, **kw}), 1.0),
+    "curricularface": (curricularface, 1.0),
 }
+PROBED = ["adaface", "magface-easy", "elastic-arc", "elastic-cos", "curricularface"]
 
 # name -> (KEEP_BYTES per class, MIN_KEEP_ROWS, tile bytes per row, shift by the tile max),
 # as in test_chunked.py: one kept block, uneven kept blocks [4, 4, 3], two sweeps.
@@ -87,6 +96,15 @@ def test_heads_chunked_equal_eager(name, dtype, rel, schedule):
         assert_close_rel(actual, expected, rel)
 
 
+def test_curricularface_problem_has_hard_negatives():
+    x, w, y = problem(norm=HEADS["curricularface"][1])
+    head = curricularface(D, C).double()
+    head.weight.data.copy_(w)
+    cos = head.logits(x) / head.scale  # (N, C)
+    bar = torch.cos(torch.acos(cos.gather(1, y[:, None])) + head.margin)
+    assert int((cos > bar).sum()) > 2 * N  # besides the targets
+
+
 def test_magface_margin_gradient_through_the_norm_reaches_chunked():
     """MagFace's margin m(|x|) carries a gradient through |x| (the target logit's autograd):
     with lambda_g = 0 and the norm inside [l_a, u_a], d loss / d|x| is not zero and the
@@ -121,7 +139,7 @@ def test_target_cross_entropy_gradients_of_every_input(reduction, schedule):
 
 @pytest.mark.parametrize(  # AdaFace at |x| ~ 2: z = -1, ArcFace's cos(theta + m)
     "name,norm", [("adaface", 2.0), ("magface-easy", 60.0), ("elastic-arc", 1.0),
-                  ("elastic-cos", 1.0)])
+                  ("elastic-cos", 1.0), ("curricularface", 1.0)])
 @pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-9), (torch.float32, 2e-5)])
 def test_confident_targets_do_not_cancel(name, norm, dtype, rel):
     """Half the rows on their class centre at s = 64, so 1 - p_target < 1e-6 there: chunked
@@ -143,7 +161,7 @@ def test_confident_targets_do_not_cancel(name, norm, dtype, rel):
 @pytest.mark.parametrize("impl,holds_logits", [("eager", True), ("chunked", False),
                                                ("auto", False)])
 @pytest.mark.parametrize("keep_rows", [0, 8])  # two sweeps; kept blocks of 8 rows
-@pytest.mark.parametrize("name", ["adaface", "magface-easy", "elastic-arc", "elastic-cos"])
+@pytest.mark.parametrize("name", PROBED)
 def test_chunked_heads_never_allocate_the_logits(name, impl, holds_logits, keep_rows,
                                                  monkeypatch):
     """A training step (forward and backward) of each head: chunked (and auto, since
@@ -164,7 +182,7 @@ def test_chunked_heads_never_allocate_the_logits(name, impl, holds_logits, keep_
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("name", ["adaface", "magface-easy", "elastic-cos"])
+@pytest.mark.parametrize("name", ["adaface", "magface-easy", "elastic-cos", "curricularface"])
 def test_bfloat16_chunked_close_to_float32(name):
     x, w, y = problem(n=16, norm=HEADS[name][1], seed=6)
     losses = []

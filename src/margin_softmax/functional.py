@@ -171,16 +171,20 @@ def target_cross_entropy(
     scale: float,
     reduction: str = "mean",
     impl: str = "auto",
+    non_target=None,
 ) -> torch.Tensor:
     """Cross-entropy of scale * cos with the target logit given per sample:
 
-        logit_ij = scale * cos_ij  (j != y_i),   logit_iy = target_logit_i
+        logit_ij = scale * f_i(cos_ij)  (j != y_i),   logit_iy = target_logit_i
         loss_i   = logsumexp_j logit_ij - target_logit_i
 
     embeddings (N, D), weight (C, D), labels (N,), target_logit (N,): any differentiable
     function of the caller's (of target_cosines, |x_i|, per-sample margins); its gradient
-    g_i (p_iy - 1) goes back through autograd. impl: "auto", "eager" (materialises (N, C))
-    or "chunked" (never does). Returns the loss in the embeddings' dtype."""
+    g_i (p_iy - 1) goes back through autograd. f is the identity, or ``non_target``: a
+    callable (cos, param) -> (f(cos), f'(cos)), elementwise in torch ops and broadcasting
+    param, with a per-row param (N,) in ``non_target.row_param`` (no gradient). impl:
+    "auto", "eager" (materialises (N, C)) or "chunked" (never does). Returns the loss in the
+    embeddings' dtype."""
     embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
     check_embeddings(embeddings, weight)
     labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
@@ -195,6 +199,11 @@ def target_cross_entropy(
             f"shape {tuple(target_logit.shape)} on {target_logit.device}"
         )
     check_finite("target_logit", target_logit)
+    if non_target is not None and tuple(non_target.row_param.shape) != tuple(labels.shape):
+        raise ValueError(
+            f"non_target.row_param must have shape {tuple(labels.shape)}, got "
+            f"{tuple(non_target.row_param.shape)}"
+        )
     if impl == "triton":
         raise ValueError("impl='triton' takes a Margin; use 'chunked' for a per-sample target")
     if embeddings.shape[0] == 0:
@@ -204,10 +213,12 @@ def target_cross_entropy(
         from .chunked import chunked_target_cross_entropy
 
         loss = chunked_target_cross_entropy(
-            embeddings, weight, labels, target_logit, scale, reduction
+            embeddings, weight, labels, target_logit, scale, reduction, non_target
         )
         return loss.to(out_dtype)
     cos = cosine_logits(embeddings, weight)  # (N, C)
+    if non_target is not None:
+        cos = non_target(cos, non_target.row_param[:, None].to(cos.dtype))[0]
     logits = (scale * cos).scatter(1, labels[:, None], target_logit[:, None].to(cos.dtype))
     return F.cross_entropy(logits, labels, reduction=reduction).to(out_dtype)
 

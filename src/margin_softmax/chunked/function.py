@@ -26,7 +26,8 @@ def _target_dot(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.T
     return (x.to(dtype).to(x.dtype) * w.to(dtype).to(x.dtype)).sum(1)
 
 
-def _row_side(embeddings, weight, labels, bias, scale, margin, row_scale, target_logit):
+def _row_side(embeddings, weight, labels, bias, scale, margin, row_scale, target_logit,
+              non_target):
     """(RowSide, x, x_norm or None, psi' (N,) or None): the row side in compute dtype. A given
     target_logit (N,) is taken as it is: its gradient goes back through autograd, so the
     target cells get no psi' term here (None)."""
@@ -50,7 +51,7 @@ def _row_side(embeddings, weight, labels, bias, scale, margin, row_scale, target
         else:
             target_logit, dpsi = target_logit.detach().to(acc), None
         scaled = r[:, None] * x
-    rows = RowSide(x.to(wd), scaled.to(wd), labels, target_logit, r)
+    rows = RowSide(x.to(wd), scaled.to(wd), labels, target_logit, r, non_target)
     return rows, x, x_norm, dpsi
 
 
@@ -59,11 +60,13 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, embeddings, weight, row_scale, bias, target_logit, labels, scale, margin, reduction
+        ctx, embeddings, weight, row_scale, bias, target_logit, labels, scale, margin,
+        non_target, reduction,
     ):
         with torch.autocast(embeddings.device.type, enabled=False):
             rows, x, x_norm, dpsi = _row_side(
-                embeddings, weight, labels, bias, scale, margin, row_scale, target_logit
+                embeddings, weight, labels, bias, scale, margin, row_scale, target_logit,
+                non_target,
             )
             n, c = embeddings.shape[0], weight.shape[0]
             need_grads = any(ctx.needs_input_grad[:5])
@@ -113,7 +116,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             result, ctx.grads = ctx.grads, None  # drop our reference: autograd may keep it
             if not bool(grad_output == 1):
                 result = tuple(None if g is None else g.mul_(grad_output) for g in result)
-        return *result, None, None, None, None
+        return *result, None, None, None, None, None
 
 
 def _input_gradients(ctx, grads, rows, lse, row_grad, weight):
@@ -143,7 +146,7 @@ def chunked_margin_cross_entropy(
     """margin_cross_entropy(...) without the (N, C) logits. embeddings (N, D), weight (C, D),
     labels (N,), row_scale (N,) or None (then r_i = scale). Returns a scalar or (N,)."""
     return ChunkedCrossEntropy.apply(
-        embeddings, weight, row_scale, None, None, labels, scale, margin, reduction
+        embeddings, weight, row_scale, None, None, labels, scale, margin, None, reduction
     )
 
 
@@ -156,7 +159,7 @@ def chunked_softmax_cross_entropy(
 ) -> torch.Tensor:
     """cross_entropy(x W^T + b, labels) without the (N, C) logits; x (N, D), W (C, D)."""
     return ChunkedCrossEntropy.apply(
-        embeddings, weight, None, bias, None, labels, 1.0, None, reduction
+        embeddings, weight, None, bias, None, labels, 1.0, None, None, reduction
     )
 
 
@@ -167,11 +170,13 @@ def chunked_target_cross_entropy(
     target_logit: torch.Tensor,
     scale: float,
     reduction: str = "mean",
+    non_target=None,
 ) -> torch.Tensor:
     """cross_entropy(scale * cos with column y_i of row i set to target_logit_i, labels)
     without the (N, C) logits. embeddings (N, D), weight (C, D), labels (N,), target_logit
     (N,) any differentiable function of the caller's (its gradient, g (p_t - 1), goes back
-    through autograd). Returns a scalar or (N,)."""
+    through autograd). non_target: None, or scale * f(cos) off the target (see
+    sweeps.RowSide). Returns a scalar or (N,)."""
     return ChunkedCrossEntropy.apply(
-        embeddings, weight, None, None, target_logit, labels, scale, None, reduction
+        embeddings, weight, None, None, target_logit, labels, scale, None, non_target, reduction
     )

@@ -14,7 +14,9 @@ The target cell stays out of the streamed sums: its logit joins the lse by logad
 when p_target ~ 1, where subtracting it back out would cancel), and its gradient
 g r (p_t - 1) psi' is added as rank-one terms (to d_x per block, to A per tile), or left to
 the caller where the target logit comes as a tensor with its own autograd (target_dpsi None).
-Plain softmax: no norms, and a bias.
+Plain softmax: no norms, and a bias. A non-target transform logit_ij = r_i f(cos_ij)
+(RowSide.non_target) is applied to each tile after GEMM 1, and its slope f' multiplies e
+before the gradient GEMMs (in the fused schedule the store keeps e f').
 
 The shift m: logits are r_i * cos_ij <= r_i, so for r_i <= SHIFT_MAX_SCALE the fixed
 m_i = r_i - SHIFT keeps logit - m in [SHIFT - 2 r_i, SHIFT]: exp neither overflows (nor does
@@ -45,13 +47,17 @@ from .tiles import ClassTiles
 class RowSide:
     """The row side. x (N, D): x_hat, or x if plain; scaled (N, D): r_i * x_i, the logits'
     right factor; both in weight's dtype. target (N,): local class index or -1;
-    target_logit, row_scale (N,) in compute dtype."""
+    target_logit, row_scale (N,) in compute dtype. non_target: None, or an elementwise
+    transform of the non-target cosines, logit_ij = r_i f_i(cos_ij): a callable
+    (cos, param) -> (f(cos), f'(cos)) broadcasting param, with its per-row param (N,) in
+    ``non_target.row_param`` (CurricularFace's hard negatives)."""
 
     x: torch.Tensor
     scaled: torch.Tensor
     target: torch.Tensor
     target_logit: torch.Tensor
     row_scale: torch.Tensor
+    non_target: object | None = None
 
     def owned_logit(self, rows: slice) -> torch.Tensor:
         """target_logit where this shard owns the target, -inf elsewhere (R,)."""
@@ -85,22 +91,36 @@ SHIFT, SHIFT_MAX_SCALE = 64.0, 75.0
 
 def fixed_shift(classes: ClassTiles, rows: RowSide) -> torch.Tensor | None:
     """m_i = r_i - SHIFT (N,) where it is safe for every row (see module doc), else None."""
-    if classes.inv_norm is None or rows.row_scale.numel() == 0:
-        return None
+    if classes.inv_norm is None or rows.non_target is not None or rows.row_scale.numel() == 0:
+        return None  # no bound r_i on the logits
     if float(rows.row_scale.abs().max()) > SHIFT_MAX_SCALE:
         return None
     return rows.row_scale.abs() - SHIFT
 
 
-def _tile_exp(classes, rows_t, a, b, out, cells, shift):
-    """out (T, R) <- exp(logits - m), target cells 0; returns (tile, m (R,), sums (R,))."""
-    tile = classes.logits(rows_t, a, b, out, minus=shift)
+def _bend(rows: RowSide, block: slice, tile: torch.Tensor) -> torch.Tensor | None:
+    """tile (T, R) of r cos -> r f(cos) in place; returns f'(cos) (T, R), or None where
+    there is no non-target transform."""
+    f = rows.non_target
+    if f is None:
+        return None
+    r = rows.row_scale[block]  # (R,)
+    value, slope = f(tile / r, f.row_param[block])
+    tile.copy_(value).mul_(r)
+    return slope
+
+
+def _tile_exp(classes, rows, block, a, b, out, cells, shift):
+    """out (T, R) <- exp(logits - m), target cells 0; returns (tile, m (R,), sums (R,),
+    f' (T, R) or None)."""
+    tile = classes.logits(rows.scaled[block].t(), a, b, out, minus=shift)
+    slope = _bend(rows, block, tile)
     cells.fill(tile, a, -float("inf"))
     if shift is None:
         shift = tile.amax(0).clamp_min(torch.finfo(tile.dtype).min)  # finite if all -inf
         tile.sub_(shift)
     tile.exp_()
-    return tile, shift, tile.sum(0)
+    return tile, shift, tile.sum(0), slope
 
 
 def _entropy_term(e: torch.Tensor, m: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -171,7 +191,7 @@ def lse_sweep(classes: ClassTiles, rows: RowSide) -> torch.Tensor:
     shift = fixed_shift(classes, rows)
     for a, b in classes.ranges():
         out = work[: (b - a) * n].view(b - a, n)
-        _, m, total = _tile_exp(classes, rows.scaled.t(), a, b, out, cells, shift)
+        _, m, total, _ = _tile_exp(classes, rows, everything, a, b, out, cells, shift)
         lse = torch.logaddexp(lse, m + total.log())
     return torch.logaddexp(lse, rows.owned_logit(everything))
 
@@ -187,10 +207,13 @@ def gradient_sweep(classes, rows, lse, row_grad, target_dpsi, need_dot=False) ->
     work = torch.empty(classes.tile * n, dtype=classes.acc, device=rows.x.device)
     for a, b in classes.ranges():
         tile = classes.logits(rows.scaled.t(), a, b, work[: (b - a) * n].view(b - a, n))
+        slope = _bend(rows, everything, tile)
         cells.fill(tile, a, -float("inf"))
         tile.sub_(lse).exp_()  # p, 0 at the target cells
         if need_dot:
             grads.dot += _entropy_term(tile, lse, tile.sum(0))
+        if slope is not None:
+            tile.mul_(slope)  # p f'
         _tile_gradients(classes, rows, everything, a, b, tile, coef, grads, (cells, values), True)
         classes.finish(grads.d_weight[a:b], a, b)
     return grads
@@ -228,10 +251,12 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
             if block is not None:
                 out = _tile_view(store, width, a, b)
                 block_shift = None if shift is None else shift[block]
-                tile, m, total = _tile_exp(
-                    classes, rows.scaled[block].t(), a, b, out, cells, block_shift
+                tile, m, total, slope = _tile_exp(
+                    classes, rows, block, a, b, out, cells, block_shift
                 )
                 stats.append((m, total, _entropy_term(tile, m, total)) if need_dot else (m, total))
+                if slope is not None:
+                    tile.mul_(slope)  # the store keeps e f', what the gradient pass needs
         if block is None:
             break
         m, total = (torch.stack(s) for s in list(zip(*stats, strict=True))[:2])  # (tiles, R)

@@ -6,6 +6,9 @@ training goes on.
                 = cos_j * (t + cos_j)    where cos_j >  cos(theta_y + m)   (hard negative)
     t <- momentum * mean_i cos_{i,y_i} + (1 - momentum) * t      (training forwards only)
     loss = cross_entropy(s * [T on the target, N elsewhere])
+
+N is elementwise with a per-row threshold, so the chunked path applies it tile by tile
+(HardNegatives below, with its slope t + 2 cos_j) and never holds the (N, C) logits.
 """
 
 from __future__ import annotations
@@ -13,13 +16,27 @@ from __future__ import annotations
 import torch
 
 from ..margins import Margin, apply_margin
-from .eager import EagerHead, check_float, replace_target, target_of
+from .eager import TargetLogitHead, check_float
 
 
-class CurricularFace(EagerHead):
+class HardNegatives:
+    """N(t, cos) for target_cross_entropy: (cos, bar) -> (N, dN/dcos), with
+    N = cos (t + cos), slope t + 2 cos where cos > bar, and cos, 1 elsewhere.
+    row_param: each row's threshold bar_i = cos(theta_iy + m) (N,), no gradient."""
+
+    def __init__(self, t: torch.Tensor, bar: torch.Tensor) -> None:
+        self.t, self.row_param = t, bar
+
+    def __call__(self, cos: torch.Tensor, bar: torch.Tensor):
+        hard = cos > bar
+        value = torch.where(hard, cos * (self.t + cos), cos)
+        return value, torch.where(hard, self.t + 2 * cos, 1.0)
+
+
+class CurricularFace(TargetLogitHead):
     """CurricularFace with the official code's defaults (m = 0.5, s = 64, momentum 0.01,
     t starting at 0). ``t`` is a buffer (saved in state_dict), updated on each training-mode
-    forward before the logits, frozen in eval mode."""
+    forward before the logits, frozen in eval mode. impl: "auto", "eager" or "chunked"."""
 
     def __init__(
         self,
@@ -29,7 +46,7 @@ class CurricularFace(EagerHead):
         margin: float = 0.5,
         scale: float = 64.0,
         momentum: float = 0.01,
-        impl: str = "eager",
+        impl: str = "auto",
     ) -> None:
         super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
         self.margin = margin
@@ -43,20 +60,17 @@ class CurricularFace(EagerHead):
         fallback = "none" if self.margin == 0 else "seed"
         return Margin(m2=self.margin, fallback=fallback)
 
-    def update_state(self, cos, labels, embeddings):
-        mean_target = target_of(cos, labels).clamp(-1.0, 1.0).mean()
+    def update_state(self, cos_target, labels, embeddings):
+        mean_target = cos_target.clamp(-1.0, 1.0).mean()
         self.t.mul_(1 - self.momentum).add_(self.momentum * mean_target.to(self.t.dtype))
 
-    def training_logits(self, cos, labels, embeddings):
-        cos = cos.clamp(-1.0, 1.0)
-        target = target_of(cos, labels)  # (N,)
-        with torch.no_grad():
-            bar = Margin(m2=self.margin, fallback="none").psi(target)  # cos(theta_y + m)
-            hard = cos > bar[:, None]  # (N, C); the target column is replaced below
-        t = self.t.to(cos.dtype)
-        cos = torch.where(hard, cos * (t + cos), cos)
-        psi = apply_margin(target, self.margin_spec())  # (N,)
-        return self.scale * replace_target(cos, labels, psi)
+    def target_logit(self, cos_target, embeddings):
+        return self.scale * apply_margin(cos_target.clamp(-1.0, 1.0), self.margin_spec())
+
+    def non_target(self, cos_target):
+        with torch.no_grad():  # the threshold cos(theta_y + m), without fallback
+            bar = Margin(m2=self.margin, fallback="none").psi(cos_target.clamp(-1.0, 1.0))
+        return HardNegatives(self.t.to(cos_target.dtype), bar)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, momentum={self.momentum}"

@@ -2,13 +2,13 @@
 per-sample margin math.
 
 - ``TargetLogitHead``: the target transform differs from sample to sample (AdaFace, MagFace,
-  ElasticFace) but only the target logit changes. The head computes t_i from the N target
-  cosines (and |x_i|, its draws) with ordinary autograd and calls
-  functional.target_cross_entropy, so impl="chunked" (or "auto" at large N * C) never holds
-  the (N, C) logits.
-- ``EagerHead``: non-target logits change too (CurricularFace, SubCenterArcFace's hard
-  negatives) or sub-centres are pooled (SubCenterArcFace). Each builds its (N, C) training
-  logits in plain PyTorch and takes the cross-entropy over them (no chunked or Triton path).
+  ElasticFace), and the non-target logits are scale * cos or an elementwise transform of it
+  (CurricularFace). The head computes t_i from the N target cosines (and |x_i|, its draws)
+  with ordinary autograd and calls functional.target_cross_entropy, so impl="chunked" (or
+  "auto" at large N * C) never holds the (N, C) logits.
+- ``EagerHead``: sub-centres are pooled, and the hard negatives are the top k of each row
+  (SubCenterArcFace). It builds its (N, C) training logits in plain PyTorch and takes the
+  cross-entropy over them (no chunked or Triton path).
 """
 
 from __future__ import annotations
@@ -153,12 +153,13 @@ class EagerHead(ClassCentresHead):
 
 
 class TargetLogitHead(EagerHead):
-    """A head that changes only the target logit, per sample: logit_iy = t_i, computed by
+    """A head whose target logit is set per sample: logit_iy = t_i, computed by
     ``target_logit`` from the target cosines cos_iy (N,) and the embeddings (autograd through
-    both), logit_ij = scale * cos_ij elsewhere. forward gathers the N target rows of weight
-    for cos_iy and runs functional.target_cross_entropy: impl "eager", "chunked" (never the
-    (N, C) logits) or "auto" (chunked at large N * C, as the core decides). ``update_state``
-    receives the target cosines (N,) here."""
+    both), and logit_ij = scale * f_i(cos_ij) elsewhere, f the identity or the elementwise
+    ``non_target`` transform. forward gathers the N target rows of weight for cos_iy and runs
+    functional.target_cross_entropy: impl "eager", "chunked" (never the (N, C) logits) or
+    "auto" (chunked at large N * C, as the core decides). ``update_state`` receives the
+    target cosines (N,) here."""
 
     IMPLS = ("auto", "eager", "chunked")
 
@@ -170,9 +171,16 @@ class TargetLogitHead(EagerHead):
         """t_i (N,) in a training forward, after update_state (ElasticFace draws here)."""
         return self.target_logit(cos_target, embeddings)
 
+    def non_target(self, cos_target: torch.Tensor):
+        """None (logit_ij = scale * cos_ij), or the transform f for target_cross_entropy."""
+        return None
+
     def training_logits(self, cos, labels, embeddings):
-        target = self.target_logit(target_of(cos, labels), embeddings)  # (N,)
-        return replace_target(self.scale * cos, labels, target)
+        cos_target = target_of(cos, labels)  # (N,)
+        f = self.non_target(cos_target)
+        if f is not None:
+            cos = f(cos, f.row_param[:, None])[0]  # (N, C)
+        return replace_target(self.scale * cos, labels, self.target_logit(cos_target, embeddings))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings, weight, labels, out_dtype = self._inputs(embeddings, labels)
@@ -186,7 +194,8 @@ class TargetLogitHead(EagerHead):
         else:
             target = self.target_logit(cos_target, embeddings)
         loss = target_cross_entropy(
-            embeddings, weight, labels, target, scale=self.scale, reduction="mean", impl=self.impl
+            embeddings, weight, labels, target, scale=self.scale, impl=self.impl,
+            non_target=self.non_target(cos_target),
         )
         return (loss + self.extra_loss(embeddings)).to(out_dtype)
 
