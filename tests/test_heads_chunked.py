@@ -77,8 +77,10 @@ def problem(n=N, c=C, d=D, norm=1.0, seed=0):
 
 
 def head_loss_and_grads(name, impl, x, w, y, train=True, **kw):
-    """(loss, d/dx, d/dweight) of a fresh head (same seed, so the same draws) in x's dtype."""
-    head = HEADS[name][0](x.shape[1], w.shape[0], impl=impl, **kw).to(x.dtype).train(train)
+    """(loss, d/dx, d/dweight) of a fresh head (same seed, so the same draws) in x's dtype
+    and on x's device."""
+    head = HEADS[name][0](x.shape[1], w.shape[0], impl=impl, **kw).to(x.device, x.dtype)
+    head.train(train)
     head.weight.data.copy_(w)
     x = x.detach().requires_grad_()
     loss = head(x, y)
@@ -207,3 +209,21 @@ def test_bad_inputs_name_the_argument():
         target_cross_entropy(x, w, y, t / 0, scale=30.0)
     with pytest.raises(TypeError, match="target_logit must be a float tensor"):
         target_cross_entropy(x, w, y, y, scale=30.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", PROBED)
+@pytest.mark.parametrize("two_sweeps", [False, True])
+def test_heads_chunked_on_cuda_equal_float64(name, two_sweeps, monkeypatch):
+    """On a GPU, float32: chunked within 1e-5 of float64 eager, several tiles (1000 classes
+    each, C not a multiple), one kept block or two sweeps."""
+    if two_sweeps:
+        monkeypatch.setattr(plan, "MIN_KEEP_ROWS", 10**9)
+    monkeypatch.setattr(plan, "GPU_TILE_FACTOR", 1)
+    for key in ("TILE_BYTES", "FUSED_TILE_BYTES"):
+        monkeypatch.setattr(plan, key, 4 * 96 * 1000)
+    x, w, y = problem(96, 5003, 64, norm=HEADS[name][1], seed=7)
+    exact = head_loss_and_grads(name, "eager", x, w, y)
+    inputs = [t.to("cuda", torch.float32) for t in (x, w)]
+    chunked = head_loss_and_grads(name, "chunked", *inputs, y.cuda())
+    assert_close_rel([t.double().cpu() for t in chunked], exact, 1e-5)
