@@ -15,6 +15,7 @@ problems cross block edges.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -45,11 +46,17 @@ def fits(dim: int, dtype: torch.dtype) -> bool:
     return interpreted() or padded_dim(dim) * dtype.itemsize <= MAX_ROW_BYTES
 
 
+QUICK_CANDIDATES = [(64, 64, 4, 2), (32, 32, 4, 2), (16, 16, 4, 2)]
+
+
 def tuning_configs() -> list[triton.Config]:
+    """The autotune candidates; MARGIN_SOFTMAX_QUICK_TUNE=1 keeps three (GPU test runs,
+    where tuning every candidate for every tiny test shape would dominate the time)."""
     if interpreted():
         return [triton.Config({"BLOCK_N": 16, "BLOCK_C": 16}, num_warps=1, num_stages=1)]
+    quick = os.environ.get("MARGIN_SOFTMAX_QUICK_TUNE") == "1"
     return [triton.Config({"BLOCK_N": n, "BLOCK_C": c}, num_warps=w, num_stages=s)
-            for n, c, w, s in CANDIDATES]
+            for n, c, w, s in (QUICK_CANDIDATES if quick else CANDIDATES)]
 
 
 def pruner(resident: str, streamed: str):
