@@ -27,7 +27,7 @@ import triton.language as tl
 from .config import autotune, class_splits, dot_precision, padded_dim, upcast_dots
 from .tiles import dot_acc, load_rows
 
-MAX_INIT = -1.0e30  # finite start for the running max: no inf - inf in the rescale
+MAX_INIT = tl.constexpr(-1.0e30)  # finite start for the running max: no inf - inf in the rescale
 
 
 @autotune(["DV", "WITH_V"], resident="BLOCK_N", streamed="BLOCK_C")
