@@ -9,7 +9,7 @@ with r_i = scale, or scale * |x_i| where ``scale_by_norm`` (SphereFace's origina
 ``impl`` picks how it is computed; every choice returns the same numbers:
 
 - "eager": materialises the (N, C) logits; the readable reference.
-- "chunked": blocks of classes, never holds (N, C) (see chunked.py).
+- "chunked": tiles of classes, never holds (N, C) (see chunked/ and docs/scale.md).
 - "triton": fused GPU kernels (see kernels/).
 - "auto": triton on CUDA where it imports, chunked when N * C is large, eager otherwise.
 """
