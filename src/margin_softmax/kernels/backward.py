@@ -5,10 +5,11 @@
     dL/dw_hat_j = sum_i G_ij x_hat_i                     # (C, D)
     dL/dw_j = inv_j (dL/dw_hat_j - w_hat_j <w_hat_j, dL/dw_hat_j>)
 
-where g_i = dL/dloss_i. Grid: one program per BLOCK_C classes. It keeps its W tile
-(BLOCK_C, D) resident, walks all rows in BLOCK_N blocks (x_hat is small: it stays in L2),
-recomputes each logit tile, forms G in registers and accumulates G^T x_hat into a float32
-(BLOCK_C, D) tile; at the end it applies the normalisation backward in registers and
+where g_i = dL/dloss_i. Grid: one program per BLOCK_C classes. It walks all rows in
+BLOCK_N blocks (x_hat is small: it stays in L2), recomputes each logit tile with a pipelined
+K-loop over D (tiles.cosine_tile), forms G in registers, reads the rows' whole x_hat tile
+and accumulates G^T x_hat into a float32 (BLOCK_C, DV) tile; at the end it re-reads its W
+tile, applies the normalisation backward in registers and
 writes the gradient once, in the weight's dtype. Owning the rows of dW this way needs no
 atomics, no float32 (C, D) buffer and no second pass over dW.
 """
@@ -21,40 +22,39 @@ import triton.language as tl
 
 from ..functional import NORM_EPS
 from .config import autotune, dot_precision, padded_dim, upcast_dots
-from .tiles import dot_acc, load_rows
+from .tiles import cosine_tile, dot_acc, load_rows
 
 
-@autotune(["DV"], resident="BLOCK_C", streamed="BLOCK_N")
+@autotune(["DV"], accumulator="BLOCK_C", operand="BLOCK_N")
 @triton.jit
 def weight_grad_kernel(
     X, W, INV, R, Y, LSE, GR, TGT, DW, N, C, D,
     stride_xn, stride_xd, stride_wc, stride_wd, stride_dc,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DV: tl.constexpr, EPS: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, DV: tl.constexpr,
+    EPS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """GR = g * r and TGT = t, both (N,) float32; DW (C, D), row-major in D."""
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
-    w = load_rows(W, cols, C, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV), resident
     inv = tl.load(INV + cols, mask=col_ok, other=0.0)  # (BLOCK_C,)
     grad_hat = tl.zeros((BLOCK_C, DV), dtype=tl.float32)  # dL/dw_hat
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         row_ok = rows < N
-        x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV)
         r = tl.load(R + rows, mask=row_ok, other=0.0)
         y = tl.load(Y + rows, mask=row_ok, other=-1)
         lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
         gr = tl.load(GR + rows, mask=row_ok, other=0.0)
         tgt = tl.load(TGT + rows, mask=row_ok, other=0.0)
-        cos = dot_acc(x, tl.trans(w), tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32),
-                      UPCAST, PRECISION) * inv[None, :]
+        cos = cosine_tile(X, W, INV, rows, cols, N, C, D, stride_xn, stride_xd,
+                          stride_wc, stride_wd, BLOCK_N, BLOCK_C, BLOCK_K, UPCAST, PRECISION)
         g = tl.where(cols[None, :] == y[:, None], tgt[:, None],
                      gr[:, None] * tl.exp(r[:, None] * cos - lse[:, None]))
         g = tl.where(row_ok[:, None] & col_ok[None, :], g, 0.0)  # (BLOCK_N, BLOCK_C)
+        x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV), from L2
         grad_hat = dot_acc(tl.trans(g.to(X.dtype.element_ty)), x, grad_hat, UPCAST, PRECISION)
 
-    w = w.to(tl.float32)
+    w = load_rows(W, cols, C, D, stride_wc, stride_wd, DV).to(tl.float32)  # (BLOCK_C, DV)
     # <w_hat, grad_hat> w_hat = inv^2 <w, grad_hat> w; no projection where |w| <= eps
     proj = tl.where(inv * EPS < 1.0, inv * inv * tl.sum(w * grad_hat, axis=1), 0.0)
     grad = inv[:, None] * (grad_hat - proj[:, None] * w)  # (BLOCK_C, DV)

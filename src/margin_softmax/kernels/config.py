@@ -1,15 +1,15 @@
 """Launch settings: tile sizes, warps and pipeline stages (autotuned), dot precision.
 
-Each program keeps one operand tile of all of D resident (the rows it owns: x in the
-forward, W in the backward) and streams the other, so tiles are (BLOCK, DV) with DV = D
-rounded up to a power of two, and the float32 accumulator is (resident BLOCK, DV).
-Candidates are pruned before tuning so that the resident tile plus the pipelined streamed
-tiles fit in shared memory and the accumulator takes at most ~128 registers per thread
-(64 x 64 tiles and 8 warps for bfloat16 at D = 512: 192 KiB of shared memory, under
-Hopper's 227 KiB). Both kernels only store their outputs, so benchmarking a config by
-running it is harmless; the choice is cached on disk per D and dtype (cache_results).
-Under the CPU interpreter there is one config, 16 wide (tl.dot's minimum), so tiny test
-problems cross block edges.
+Every logit tile is a K-loop over D in BLOCK_K chunks of both operands, pipelined over
+num_stages (tiles.cosine_tile). Where a program also accumulates a product over all of D
+(v in the forward, G^T x_hat in the backward) it keeps a float32 (BLOCK, DV) accumulator,
+DV = D rounded up to a power of two, and reads the other operand's whole (BLOCK, DV) tile
+(from L2: it has just streamed it). Candidates are pruned before tuning so that the
+pipelined chunks (plus that tile) fit in shared memory and the accumulator takes at most
+~128 registers per thread (fits_on_chip). Both kernels only store their outputs, so
+benchmarking a config by running it is harmless; the choice is cached on disk per D and
+dtype (cache_results). Under the CPU interpreter there is one config, 16 wide (tl.dot's
+minimum), so tiny test problems cross block edges.
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ SHARED_MEMORY_BYTES = 200 * 1024  # leaves room for Triton's own scratch under 2
 MAX_ACCUMULATOR_PER_THREAD = 128
 MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) fits no config
 ROWS_PER_BLOCK_FOR_SPLITS = 64
-CANDIDATES = [  # (BLOCK_N, BLOCK_C, warps, stages)
-    (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 8, 3), (64, 64, 8, 2), (64, 64, 4, 3),
-    (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 8, 2), (32, 32, 4, 2), (16, 16, 8, 2),
-    (16, 16, 4, 2),
+CANDIDATES = [  # (BLOCK_N, BLOCK_C, BLOCK_K, warps, stages)
+    (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
+    (128, 64, 64, 4, 4), (64, 64, 64, 8, 3), (64, 64, 64, 4, 3), (64, 128, 64, 8, 2),
+    (128, 64, 64, 8, 2), (32, 64, 64, 4, 3), (64, 32, 64, 4, 3), (32, 32, 32, 8, 2),
+    (32, 32, 32, 4, 2),
+    (16, 16, 16, 4, 2),
 ]
+QUICK_CANDIDATES = [(128, 128, 64, 8, 3), (64, 64, 64, 8, 3), (16, 16, 16, 4, 2)]
 
 
 def interpreted() -> bool:
@@ -42,45 +45,58 @@ def padded_dim(dim: int) -> int:
 
 
 def fits(dim: int, dtype: torch.dtype) -> bool:
-    """Whether a row of D values fits the kernels' resident tiles (always, interpreted)."""
+    """Whether a row of D values fits the kernels' (BLOCK, DV) tiles (always, interpreted)."""
     return interpreted() or padded_dim(dim) * dtype.itemsize <= MAX_ROW_BYTES
-
-
-QUICK_CANDIDATES = [(64, 64, 4, 2), (32, 32, 4, 2), (16, 16, 4, 2)]
 
 
 def tuning_configs() -> list[triton.Config]:
     """The autotune candidates; MARGIN_SOFTMAX_QUICK_TUNE=1 keeps three (GPU test runs,
     where tuning every candidate for every tiny test shape would dominate the time)."""
     if interpreted():
-        return [triton.Config({"BLOCK_N": 16, "BLOCK_C": 16}, num_warps=1, num_stages=1)]
+        return [triton.Config({"BLOCK_N": 16, "BLOCK_C": 16, "BLOCK_K": 16}, num_warps=1,
+                              num_stages=1)]
     quick = os.environ.get("MARGIN_SOFTMAX_QUICK_TUNE") == "1"
-    return [triton.Config({"BLOCK_N": n, "BLOCK_C": c}, num_warps=w, num_stages=s)
-            for n, c, w, s in (QUICK_CANDIDATES if quick else CANDIDATES)]
+    return [triton.Config({"BLOCK_N": n, "BLOCK_C": c, "BLOCK_K": k}, num_warps=w,
+                          num_stages=s)
+            for n, c, k, w, s in (QUICK_CANDIDATES if quick else CANDIDATES)]
 
 
-def pruner(resident: str, streamed: str):
-    """early_config_prune for a kernel whose `resident` block stays in shared memory and
-    registers while `streamed` blocks are pipelined through it."""
+def fits_on_chip(config, dv: int, itemsize: int, accumulator: str | None, operand: str) -> bool:
+    """Shared memory: the pipelined K-chunks of both logit operands, stages x (BLOCK_N +
+    BLOCK_C) x BLOCK_K, plus, where a (accumulator block, DV) float32 accumulator is kept,
+    the whole (operand block, DV) tile its product reads and the (BLOCK_N, BLOCK_C) left
+    operand; registers: that accumulator at most ~128 per thread."""
+    n, c, k = (config.kwargs[key] for key in ("BLOCK_N", "BLOCK_C", "BLOCK_K"))
+    shared = config.num_stages * (n + c) * k * itemsize
+    if accumulator is None:
+        return shared <= SHARED_MEMORY_BYTES
+    shared += config.kwargs[operand] * dv * itemsize + n * c * itemsize
+    per_thread = config.kwargs[accumulator] * dv // (32 * config.num_warps)
+    return shared <= SHARED_MEMORY_BYTES and per_thread <= MAX_ACCUMULATOR_PER_THREAD
+
+
+def pruner(accumulator: str, operand: str, flag: str | None):
+    """early_config_prune for a kernel that may keep an (accumulator block, DV) float32
+    accumulator fed by whole (operand block, DV) tiles; `flag` names the constexpr that
+    turns the accumulator on (None: always on)."""
 
     def prune(configs, named_args, **kwargs):
         dv, itemsize = kwargs["DV"], named_args["W"].element_size()
-        keep = []
-        for config in configs:
-            held, passing = config.kwargs[resident], config.kwargs[streamed]
-            shared = (held + config.num_stages * passing) * dv * itemsize
-            per_thread = held * dv // (32 * config.num_warps)
-            if shared <= SHARED_MEMORY_BYTES and per_thread <= MAX_ACCUMULATOR_PER_THREAD:
-                keep.append(config)
-        wide = [c for c in keep if min(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_C"]) > 16]
-        return wide or keep or configs[-1:]  # 16-wide tiles only as the last resort
+        held = accumulator if flag is None or kwargs[flag] else None
+        keep = [c for c in configs if fits_on_chip(c, dv, itemsize, held, operand)]
+        for narrowest in (64, 32):  # narrow tiles only where no wider one fits
+            wide = [c for c in keep if min(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_C"]) >= narrowest]
+            if wide:
+                return wide
+        return keep or configs[-1:]
 
     return {"early_config_prune": prune}
 
 
-def autotune(key: list[str], resident: str, streamed: str):
+def autotune(key: list[str], accumulator: str, operand: str, flag: str | None = None):
     """The autotune decorator of both kernels."""
-    return triton.autotune(tuning_configs(), key=key, prune_configs_by=pruner(resident, streamed),
+    return triton.autotune(tuning_configs(), key=key,
+                           prune_configs_by=pruner(accumulator, operand, flag),
                            cache_results=True)
 
 
@@ -101,11 +117,15 @@ def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def class_splits(device: torch.device, rows: int, num_classes: int) -> int:
-    """How many programs share the classes of one block of rows in the forward pass: about
-    two per SM in all (one row block alone would leave most SMs idle). Independent of the
-    tuned block sizes, so the partial buffers can be allocated before tuning."""
-    row_blocks = -(-rows // ROWS_PER_BLOCK_FOR_SPLITS)
+def class_splits(device: torch.device, rows: int, num_classes: int, with_v: bool) -> int:
+    """How many programs share the classes of one block of rows in the forward pass (one row
+    block alone would leave most SMs idle): about two per SM in all where each program keeps
+    a (BLOCK_N, DV) accumulator (and writes it per split), four where it only keeps row
+    statistics (two or more programs fit an SM then). Independent of the tuned block sizes,
+    so the partial buffers can be allocated before tuning."""
+    rows_per_block = ROWS_PER_BLOCK_FOR_SPLITS * (1 if with_v else 2)
+    row_blocks = -(-rows // rows_per_block)
     class_blocks = -(-num_classes // (16 if interpreted() else ROWS_PER_BLOCK_FOR_SPLITS))
-    wanted = 2 * sm_count(device.index or 0) if device.type == "cuda" else 4
+    per_sm = 2 if with_v else 4
+    wanted = per_sm * sm_count(device.index or 0) if device.type == "cuda" else 4
     return max(1, min(class_blocks, -(-wanted // row_blocks)))

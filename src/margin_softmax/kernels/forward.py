@@ -25,17 +25,17 @@ import triton
 import triton.language as tl
 
 from .config import autotune, class_splits, dot_precision, padded_dim, upcast_dots
-from .tiles import dot_acc, load_rows
+from .tiles import cosine_tile, dot_acc, load_rows
 
 MAX_INIT = tl.constexpr(-1.0e30)  # finite start for the running max: no inf - inf in the rescale
 
 
-@autotune(["DV", "WITH_V"], resident="BLOCK_N", streamed="BLOCK_C")
+@autotune(["DV", "WITH_V"], accumulator="BLOCK_N", operand="BLOCK_C", flag="WITH_V")
 @triton.jit
 def lse_kernel(
     X, W, INV, R, Y, M, S, T, V, N, C, D,
     stride_xn, stride_xd, stride_wc, stride_wd,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DV: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, DV: tl.constexpr,
     WITH_COS_MEAN: tl.constexpr, WITH_V: tl.constexpr, INV_CAP: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -44,7 +44,6 @@ def lse_kernel(
     row_ok = rows < N
     r = tl.load(R + rows, mask=row_ok, other=0.0)  # (BLOCK_N,)
     y = tl.load(Y + rows, mask=row_ok, other=-1)
-    x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV), resident
 
     blocks_per_split = tl.cdiv(tl.cdiv(C, BLOCK_C), tl.num_programs(1))
     start = split * blocks_per_split * BLOCK_C
@@ -52,13 +51,11 @@ def lse_kernel(
     m = tl.full((BLOCK_N,), MAX_INIT, dtype=tl.float32)  # running max
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum exp(l - m)
     t = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum exp(l - m) cos
-    v = tl.zeros((BLOCK_N, DV), dtype=tl.float32)  # sum exp(l - m) w_hat
+    v = tl.zeros((BLOCK_N, DV), dtype=tl.float32)  # sum exp(l - m) w_hat (unused: DCE)
     for c0 in range(start, stop, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
-        w = load_rows(W, cols, stop, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
-        inv = tl.load(INV + cols, mask=cols < stop, other=0.0)  # (BLOCK_C,)
-        cos = dot_acc(x, tl.trans(w), tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32),
-                      UPCAST, PRECISION) * inv[None, :]
+        cos = cosine_tile(X, W, INV, rows, cols, N, stop, D, stride_xn, stride_xd,
+                          stride_wc, stride_wd, BLOCK_N, BLOCK_C, BLOCK_K, UPCAST, PRECISION)
         live = (cols[None, :] < stop) & (cols[None, :] != y[:, None])
         logits = tl.where(live, r[:, None] * cos, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, axis=1))
@@ -67,7 +64,10 @@ def lse_kernel(
         s = s * alpha + tl.sum(e, axis=1)
         if WITH_COS_MEAN:
             t = t * alpha + tl.sum(e * cos, axis=1)
-        if WITH_V:  # e * inv weighs the raw rows of W; INV_CAP keeps float16 finite
+        if WITH_V:  # e * inv weighs the raw rows of W (re-read whole, from L2); INV_CAP
+            # keeps float16 finite
+            inv = tl.load(INV + cols, mask=cols < stop, other=0.0)  # (BLOCK_C,)
+            w = load_rows(W, cols, stop, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
             weights = (e * tl.minimum(inv, INV_CAP)[None, :]).to(W.dtype.element_ty)
             v = dot_acc(weights, w, v * alpha[:, None], UPCAST, PRECISION)
         m = m_new
@@ -89,7 +89,7 @@ def non_target_softmax(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor,
     weight (C, D) in one dtype, inv (C,) and r (N,) float32, labels (N,) int64."""
     n, dim = x.shape
     num_classes = weight.shape[0]
-    splits = class_splits(x.device, n, num_classes)
+    splits = class_splits(x.device, n, num_classes, with_v)
     m, s, t = torch.empty(3, splits, n, device=x.device, dtype=torch.float32)
     v = torch.empty(splits if with_v else 0, n, dim, device=x.device, dtype=torch.float32)
     inv_cap = 2.0**15 if weight.dtype == torch.float16 else 3.0e38
