@@ -30,13 +30,15 @@ from .tiles import cosine_tile, dot_acc, load_rows
 def weight_grad_kernel(
     X, W, INV, R, Y, LSE, GR, TGT, DW, N, C, D,
     stride_xn, stride_xd, stride_wc, stride_wd, stride_dc,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, DV: tl.constexpr,
-    EPS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, RESIDENT: tl.constexpr,
+    DV: tl.constexpr, EPS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """GR = g * r and TGT = t, both (N,) float32; DW (C, D), row-major in D."""
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
     inv = tl.load(INV + cols, mask=col_ok, other=0.0)  # (BLOCK_C,)
+    if RESIDENT:  # the whole W tile stays in shared memory for the program's lifetime
+        w = load_rows(W, cols, C, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
     grad_hat = tl.zeros((BLOCK_C, DV), dtype=tl.float32)  # dL/dw_hat
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
@@ -46,15 +48,24 @@ def weight_grad_kernel(
         lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
         gr = tl.load(GR + rows, mask=row_ok, other=0.0)
         tgt = tl.load(TGT + rows, mask=row_ok, other=0.0)
-        cos = cosine_tile(X, W, INV, rows, cols, N, C, D, stride_xn, stride_xd,
-                          stride_wc, stride_wd, BLOCK_N, BLOCK_C, BLOCK_K, UPCAST, PRECISION)
+        if RESIDENT:
+            x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV), from L2
+            cos = dot_acc(x, tl.trans(w), tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32),
+                          UPCAST, PRECISION) * inv[None, :]
+        else:  # K-loop over D, pipelined
+            cos = cosine_tile(X, W, INV, rows, cols, N, C, D, stride_xn, stride_xd,
+                              stride_wc, stride_wd, BLOCK_N, BLOCK_C, BLOCK_K, UPCAST,
+                              PRECISION)
         g = tl.where(cols[None, :] == y[:, None], tgt[:, None],
                      gr[:, None] * tl.exp(r[:, None] * cos - lse[:, None]))
         g = tl.where(row_ok[:, None] & col_ok[None, :], g, 0.0)  # (BLOCK_N, BLOCK_C)
-        x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV), from L2
+        if not RESIDENT:  # the whole x tile, re-read from L2 after its chunks
+            x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV)
         grad_hat = dot_acc(tl.trans(g.to(X.dtype.element_ty)), x, grad_hat, UPCAST, PRECISION)
 
-    w = load_rows(W, cols, C, D, stride_wc, stride_wd, DV).to(tl.float32)  # (BLOCK_C, DV)
+    if not RESIDENT:
+        w = load_rows(W, cols, C, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
+    w = w.to(tl.float32)
     # <w_hat, grad_hat> w_hat = inv^2 <w, grad_hat> w; no projection where |w| <= eps
     proj = tl.where(inv * EPS < 1.0, inv * inv * tl.sum(w * grad_hat, axis=1), 0.0)
     grad = inv[:, None] * (grad_hat - proj[:, None] * w)  # (BLOCK_C, DV)

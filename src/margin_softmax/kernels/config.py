@@ -25,14 +25,16 @@ SHARED_MEMORY_BYTES = 200 * 1024  # leaves room for Triton's own scratch under 2
 MAX_ACCUMULATOR_PER_THREAD = 128
 MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) fits no config
 ROWS_PER_BLOCK_FOR_SPLITS = 64
-CANDIDATES = [  # (BLOCK_N, BLOCK_C, BLOCK_K, warps, stages)
-    (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
-    (128, 64, 64, 4, 4), (64, 64, 64, 8, 3), (64, 64, 64, 4, 3), (64, 128, 64, 8, 2),
-    (128, 64, 64, 8, 2), (32, 64, 64, 4, 3), (64, 32, 64, 4, 3), (32, 32, 32, 8, 2),
-    (32, 32, 32, 4, 2),
-    (16, 16, 16, 4, 2),
+CANDIDATES = [  # (BLOCK_N, BLOCK_C, BLOCK_K, warps, stages, resident)
+    (128, 128, 64, 8, 3, False), (128, 128, 64, 8, 4, False), (128, 256, 64, 8, 3, False),
+    (64, 128, 64, 4, 4, False), (128, 64, 64, 4, 4, False), (64, 64, 64, 8, 3, False),
+    (64, 64, 64, 4, 3, False), (64, 128, 64, 8, 2, False), (128, 64, 64, 8, 2, False),
+    (64, 64, 64, 8, 2, True), (32, 64, 64, 4, 3, False), (64, 32, 64, 4, 3, False),
+    (32, 64, 64, 4, 2, True), (64, 32, 64, 4, 2, True), (32, 32, 32, 8, 2, False),
+    (32, 32, 32, 4, 2, False), (16, 16, 16, 4, 2, False),
 ]
-QUICK_CANDIDATES = [(128, 128, 64, 8, 3), (64, 64, 64, 8, 3), (16, 16, 16, 4, 2)]
+QUICK_CANDIDATES = [(64, 64, 64, 8, 3, False), (64, 64, 64, 8, 2, True),
+                    (16, 16, 16, 4, 2, False)]
 
 
 def interpreted() -> bool:
@@ -53,24 +55,40 @@ def tuning_configs() -> list[triton.Config]:
     """The autotune candidates; MARGIN_SOFTMAX_QUICK_TUNE=1 keeps three (GPU test runs,
     where tuning every candidate for every tiny test shape would dominate the time)."""
     if interpreted():
-        return [triton.Config({"BLOCK_N": 16, "BLOCK_C": 16, "BLOCK_K": 16}, num_warps=1,
-                              num_stages=1)]
+        return [interpreter_config(resident=False)]
     quick = os.environ.get("MARGIN_SOFTMAX_QUICK_TUNE") == "1"
-    return [triton.Config({"BLOCK_N": n, "BLOCK_C": c, "BLOCK_K": k}, num_warps=w,
-                          num_stages=s)
-            for n, c, k, w, s in (QUICK_CANDIDATES if quick else CANDIDATES)]
+    return [triton.Config({"BLOCK_N": n, "BLOCK_C": c, "BLOCK_K": k, "RESIDENT": resident},
+                          num_warps=w, num_stages=s)
+            for n, c, k, w, s, resident in (QUICK_CANDIDATES if quick else CANDIDATES)]
+
+
+def interpreter_config(resident: bool) -> triton.Config:
+    """16-wide tiles (tl.dot's minimum) and 16-wide K-chunks, so tiny test problems cross
+    every block edge; `resident` picks the whole-D variant (tests set it on the kernels)."""
+    return triton.Config({"BLOCK_N": 16, "BLOCK_C": 16, "BLOCK_K": 16, "RESIDENT": resident},
+                         num_warps=1, num_stages=1)
 
 
 def fits_on_chip(config, dv: int, itemsize: int, accumulator: str | None, operand: str) -> bool:
-    """Shared memory: the pipelined K-chunks of both logit operands, stages x (BLOCK_N +
-    BLOCK_C) x BLOCK_K, plus, where a (accumulator block, DV) float32 accumulator is kept,
-    the whole (operand block, DV) tile its product reads and the (BLOCK_N, BLOCK_C) left
-    operand; registers: that accumulator at most ~128 per thread."""
+    """Whether a config fits in shared memory and (its float32 accumulator, where it keeps
+    one: `accumulator` names the block size of its rows) in ~128 registers per thread.
+
+    K-looped (RESIDENT False): the pipelined K-chunks of both logit operands,
+    stages x (BLOCK_N + BLOCK_C) x BLOCK_K, plus, with an accumulator, the whole
+    (operand block, DV) tile its product reads and the (BLOCK_N, BLOCK_C) left operand.
+    Resident: the whole (accumulator block, DV) tile plus stages whole (operand block, DV)
+    tiles (in the forward without v, x is still the resident operand)."""
     n, c, k = (config.kwargs[key] for key in ("BLOCK_N", "BLOCK_C", "BLOCK_K"))
-    shared = config.num_stages * (n + c) * k * itemsize
+    stages = config.num_stages
+    if config.kwargs["RESIDENT"]:
+        held, passing = config.kwargs[accumulator or "BLOCK_N"], config.kwargs[operand]
+        shared = (held + stages * passing) * dv * itemsize
+    else:
+        shared = stages * (n + c) * k * itemsize
+        if accumulator is not None:
+            shared += config.kwargs[operand] * dv * itemsize + n * c * itemsize
     if accumulator is None:
         return shared <= SHARED_MEMORY_BYTES
-    shared += config.kwargs[operand] * dv * itemsize + n * c * itemsize
     per_thread = config.kwargs[accumulator] * dv // (32 * config.num_warps)
     return shared <= SHARED_MEMORY_BYTES and per_thread <= MAX_ACCUMULATOR_PER_THREAD
 

@@ -35,8 +35,8 @@ MAX_INIT = tl.constexpr(-1.0e30)  # finite start for the running max: no inf - i
 def lse_kernel(
     X, W, INV, R, Y, M, S, T, V, N, C, D,
     stride_xn, stride_xd, stride_wc, stride_wd,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, DV: tl.constexpr,
-    WITH_COS_MEAN: tl.constexpr, WITH_V: tl.constexpr, INV_CAP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, RESIDENT: tl.constexpr,
+    DV: tl.constexpr, WITH_COS_MEAN: tl.constexpr, WITH_V: tl.constexpr, INV_CAP: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     split = tl.program_id(1)
@@ -44,6 +44,9 @@ def lse_kernel(
     row_ok = rows < N
     r = tl.load(R + rows, mask=row_ok, other=0.0)  # (BLOCK_N,)
     y = tl.load(Y + rows, mask=row_ok, other=-1)
+
+    if RESIDENT:  # the whole x tile stays in shared memory for the program's lifetime
+        x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV)
 
     blocks_per_split = tl.cdiv(tl.cdiv(C, BLOCK_C), tl.num_programs(1))
     start = split * blocks_per_split * BLOCK_C
@@ -54,8 +57,15 @@ def lse_kernel(
     v = tl.zeros((BLOCK_N, DV), dtype=tl.float32)  # sum exp(l - m) w_hat (unused: DCE)
     for c0 in range(start, stop, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
-        cos = cosine_tile(X, W, INV, rows, cols, N, stop, D, stride_xn, stride_xd,
-                          stride_wc, stride_wd, BLOCK_N, BLOCK_C, BLOCK_K, UPCAST, PRECISION)
+        inv = tl.load(INV + cols, mask=cols < stop, other=0.0)  # (BLOCK_C,)
+        if RESIDENT:  # whole (BLOCK_C, DV) tiles of W, pipelined over the class loop
+            w = load_rows(W, cols, stop, D, stride_wc, stride_wd, DV)
+            cos = dot_acc(x, tl.trans(w), tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32),
+                          UPCAST, PRECISION) * inv[None, :]
+        else:  # K-loop over D, pipelined; x re-read in chunks from L2
+            cos = cosine_tile(X, W, INV, rows, cols, N, stop, D, stride_xn, stride_xd,
+                              stride_wc, stride_wd, BLOCK_N, BLOCK_C, BLOCK_K, UPCAST,
+                              PRECISION)
         live = (cols[None, :] < stop) & (cols[None, :] != y[:, None])
         logits = tl.where(live, r[:, None] * cos, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, axis=1))
@@ -64,10 +74,9 @@ def lse_kernel(
         s = s * alpha + tl.sum(e, axis=1)
         if WITH_COS_MEAN:
             t = t * alpha + tl.sum(e * cos, axis=1)
-        if WITH_V:  # e * inv weighs the raw rows of W (re-read whole, from L2); INV_CAP
-            # keeps float16 finite
-            inv = tl.load(INV + cols, mask=cols < stop, other=0.0)  # (BLOCK_C,)
-            w = load_rows(W, cols, stop, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
+        if WITH_V:  # e * inv weighs the raw rows of W; INV_CAP keeps float16 finite
+            if not RESIDENT:  # the whole tile, re-read from L2 after its chunks
+                w = load_rows(W, cols, stop, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
             weights = (e * tl.minimum(inv, INV_CAP)[None, :]).to(W.dtype.element_ty)
             v = dot_acc(weights, w, v * alpha[:, None], UPCAST, PRECISION)
         m = m_new
