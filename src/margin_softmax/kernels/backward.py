@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..functional import NORM_EPS
 from .config import autotune, dot_precision, padded_dim, upcast_dots
-from .tiles import cosine_tile, dot_acc, load_rows
+from .tiles import cosine_tile, dot_acc, load_half
 
 
 @autotune(["DV"], accumulator="BLOCK_C", operand="BLOCK_N")
@@ -37,9 +37,11 @@ def weight_grad_kernel(
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
     inv = tl.load(INV + cols, mask=col_ok, other=0.0)  # (BLOCK_C,)
-    if RESIDENT:  # the whole W tile stays in shared memory for the program's lifetime
-        w = load_rows(W, cols, C, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
-    grad_hat = tl.zeros((BLOCK_C, DV), dtype=tl.float32)  # dL/dw_hat
+    if RESIDENT:  # the program's whole W tile stays on chip throughout, in halves
+        w_lo = load_half(W, cols, C, D, stride_wc, stride_wd, 0, DV)  # (BLOCK_C, DV/2)
+        w_hi = load_half(W, cols, C, D, stride_wc, stride_wd, 1, DV)
+    grad_lo = tl.zeros((BLOCK_C, DV // 2), dtype=tl.float32)  # dL/dw_hat, first half of D
+    grad_hi = tl.zeros((BLOCK_C, DV // 2), dtype=tl.float32)  # and second
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         row_ok = rows < N
@@ -48,10 +50,12 @@ def weight_grad_kernel(
         lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
         gr = tl.load(GR + rows, mask=row_ok, other=0.0)
         tgt = tl.load(TGT + rows, mask=row_ok, other=0.0)
-        if RESIDENT:
-            x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV), from L2
-            cos = dot_acc(x, tl.trans(w), tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32),
-                          UPCAST, PRECISION) * inv[None, :]
+        if RESIDENT:  # x's whole tile in halves (BLOCK_N, DV/2), from L2
+            x_lo = load_half(X, rows, N, D, stride_xn, stride_xd, 0, DV)
+            x_hi = load_half(X, rows, N, D, stride_xn, stride_xd, 1, DV)
+            cos = dot_acc(x_lo, tl.trans(w_lo), tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32),
+                          UPCAST, PRECISION)
+            cos = dot_acc(x_hi, tl.trans(w_hi), cos, UPCAST, PRECISION) * inv[None, :]
         else:  # K-loop over D, pipelined
             cos = cosine_tile(X, W, INV, rows, cols, N, C, D, stride_xn, stride_xd,
                               stride_wc, stride_wd, BLOCK_N, BLOCK_C, BLOCK_K, UPCAST,
@@ -59,19 +63,29 @@ def weight_grad_kernel(
         g = tl.where(cols[None, :] == y[:, None], tgt[:, None],
                      gr[:, None] * tl.exp(r[:, None] * cos - lse[:, None]))
         g = tl.where(row_ok[:, None] & col_ok[None, :], g, 0.0)  # (BLOCK_N, BLOCK_C)
-        if not RESIDENT:  # the whole x tile, re-read from L2 after its chunks
-            x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV)
-        grad_hat = dot_acc(tl.trans(g.to(X.dtype.element_ty)), x, grad_hat, UPCAST, PRECISION)
+        g_t = tl.trans(g.to(X.dtype.element_ty))  # (BLOCK_C, BLOCK_N)
+        if not RESIDENT:  # x's tile, re-read from L2 in two (BLOCK_N, DV/2) halves
+            x_lo = load_half(X, rows, N, D, stride_xn, stride_xd, 0, DV)
+        grad_lo = dot_acc(g_t, x_lo, grad_lo, UPCAST, PRECISION)
+        if not RESIDENT:
+            x_hi = load_half(X, rows, N, D, stride_xn, stride_xd, 1, DV)
+        grad_hi = dot_acc(g_t, x_hi, grad_hi, UPCAST, PRECISION)
 
-    if not RESIDENT:
-        w = load_rows(W, cols, C, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
-    w = w.to(tl.float32)
+    if not RESIDENT:  # read here for the normalisation backward
+        w_lo = load_half(W, cols, C, D, stride_wc, stride_wd, 0, DV)
+        w_hi = load_half(W, cols, C, D, stride_wc, stride_wd, 1, DV)
+    w_lo = w_lo.to(tl.float32)
+    w_hi = w_hi.to(tl.float32)
     # <w_hat, grad_hat> w_hat = inv^2 <w, grad_hat> w; no projection where |w| <= eps
-    proj = tl.where(inv * EPS < 1.0, inv * inv * tl.sum(w * grad_hat, axis=1), 0.0)
-    grad = inv[:, None] * (grad_hat - proj[:, None] * w)  # (BLOCK_C, DV)
-    ds = tl.arange(0, DV)
+    dot = tl.sum(w_lo * grad_lo, axis=1) + tl.sum(w_hi * grad_hi, axis=1)  # (BLOCK_C,)
+    proj = tl.where(inv * EPS < 1.0, inv * inv * dot, 0.0)
+    ds = tl.arange(0, DV // 2)
     out = DW + cols.to(tl.int64)[:, None] * stride_dc + ds[None, :]
+    grad = inv[:, None] * (grad_lo - proj[:, None] * w_lo)  # (BLOCK_C, DV/2)
     tl.store(out, grad.to(DW.dtype.element_ty), mask=col_ok[:, None] & (ds < D)[None, :])
+    grad = inv[:, None] * (grad_hi - proj[:, None] * w_hi)
+    tl.store(out + DV // 2, grad.to(DW.dtype.element_ty),
+             mask=col_ok[:, None] & (ds + DV // 2 < D)[None, :])
 
 
 def weight_grad(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor, r: torch.Tensor,

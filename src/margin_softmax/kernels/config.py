@@ -44,7 +44,8 @@ def interpreted() -> bool:
 
 
 def padded_dim(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
+    """D rounded up to a power of two, at least 32 (halves of 16: tl.dot's minimum)."""
+    return max(32, triton.next_power_of_2(dim))
 
 
 def fits(dim: int, dtype: torch.dtype) -> bool:

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .config import autotune, class_splits, dot_precision, padded_dim, upcast_dots
-from .tiles import cosine_tile, dot_acc, load_rows
+from .tiles import cosine_tile, dot_acc, load_half
 
 MAX_INIT = tl.constexpr(-1.0e30)  # finite start for the running max: no inf - inf in the rescale
 
@@ -45,8 +45,9 @@ def lse_kernel(
     r = tl.load(R + rows, mask=row_ok, other=0.0)  # (BLOCK_N,)
     y = tl.load(Y + rows, mask=row_ok, other=-1)
 
-    if RESIDENT:  # the whole x tile stays in shared memory for the program's lifetime
-        x = load_rows(X, rows, N, D, stride_xn, stride_xd, DV)  # (BLOCK_N, DV)
+    if RESIDENT:  # the whole x tile stays on chip for the program's lifetime, in halves
+        x_lo = load_half(X, rows, N, D, stride_xn, stride_xd, 0, DV)  # (BLOCK_N, DV/2)
+        x_hi = load_half(X, rows, N, D, stride_xn, stride_xd, 1, DV)
 
     blocks_per_split = tl.cdiv(tl.cdiv(C, BLOCK_C), tl.num_programs(1))
     start = split * blocks_per_split * BLOCK_C
@@ -54,14 +55,17 @@ def lse_kernel(
     m = tl.full((BLOCK_N,), MAX_INIT, dtype=tl.float32)  # running max
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum exp(l - m)
     t = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum exp(l - m) cos
-    v = tl.zeros((BLOCK_N, DV), dtype=tl.float32)  # sum exp(l - m) w_hat (unused: DCE)
+    v_lo = tl.zeros((BLOCK_N, DV // 2), dtype=tl.float32)  # sum exp(l - m) w_hat, 1st half
+    v_hi = tl.zeros((BLOCK_N, DV // 2), dtype=tl.float32)  # and 2nd (unused: DCE)
     for c0 in range(start, stop, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         inv = tl.load(INV + cols, mask=cols < stop, other=0.0)  # (BLOCK_C,)
-        if RESIDENT:  # whole (BLOCK_C, DV) tiles of W, pipelined over the class loop
-            w = load_rows(W, cols, stop, D, stride_wc, stride_wd, DV)
-            cos = dot_acc(x, tl.trans(w), tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32),
-                          UPCAST, PRECISION) * inv[None, :]
+        if RESIDENT:  # whole (BLOCK_C, DV) tiles of W in halves, pipelined over the classes
+            w_lo = load_half(W, cols, stop, D, stride_wc, stride_wd, 0, DV)  # (BLOCK_C, DV/2)
+            w_hi = load_half(W, cols, stop, D, stride_wc, stride_wd, 1, DV)
+            cos = dot_acc(x_lo, tl.trans(w_lo), tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32),
+                          UPCAST, PRECISION)
+            cos = dot_acc(x_hi, tl.trans(w_hi), cos, UPCAST, PRECISION) * inv[None, :]
         else:  # K-loop over D, pipelined; x re-read in chunks from L2
             cos = cosine_tile(X, W, INV, rows, cols, N, stop, D, stride_xn, stride_xd,
                               stride_wc, stride_wd, BLOCK_N, BLOCK_C, BLOCK_K, UPCAST,
@@ -75,10 +79,13 @@ def lse_kernel(
         if WITH_COS_MEAN:
             t = t * alpha + tl.sum(e * cos, axis=1)
         if WITH_V:  # e * inv weighs the raw rows of W; INV_CAP keeps float16 finite
-            if not RESIDENT:  # the whole tile, re-read from L2 after its chunks
-                w = load_rows(W, cols, stop, D, stride_wc, stride_wd, DV)  # (BLOCK_C, DV)
             weights = (e * tl.minimum(inv, INV_CAP)[None, :]).to(W.dtype.element_ty)
-            v = dot_acc(weights, w, v * alpha[:, None], UPCAST, PRECISION)
+            if not RESIDENT:  # W's tile, re-read from L2 in two (BLOCK_C, DV/2) halves
+                w_lo = load_half(W, cols, stop, D, stride_wc, stride_wd, 0, DV)
+            v_lo = dot_acc(weights, w_lo, v_lo * alpha[:, None], UPCAST, PRECISION)
+            if not RESIDENT:
+                w_hi = load_half(W, cols, stop, D, stride_wc, stride_wd, 1, DV)
+            v_hi = dot_acc(weights, w_hi, v_hi * alpha[:, None], UPCAST, PRECISION)
         m = m_new
     out = split * N + rows
     tl.store(M + out, m, mask=row_ok)
@@ -86,9 +93,10 @@ def lse_kernel(
     if WITH_COS_MEAN:
         tl.store(T + out, t, mask=row_ok)
     if WITH_V:
-        ds = tl.arange(0, DV)
+        ds = tl.arange(0, DV // 2)
         v_out = V + out.to(tl.int64)[:, None] * D + ds[None, :]
-        tl.store(v_out, v, mask=row_ok[:, None] & (ds < D)[None, :])
+        tl.store(v_out, v_lo, mask=row_ok[:, None] & (ds < D)[None, :])
+        tl.store(v_out + DV // 2, v_hi, mask=row_ok[:, None] & (ds + DV // 2 < D)[None, :])
 
 
 def non_target_softmax(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor,

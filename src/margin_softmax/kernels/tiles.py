@@ -17,6 +17,18 @@ def load_rows(ptr, rows, num_rows, dim, stride_row, stride_col, DV: tl.constexpr
 
 
 @triton.jit
+def load_half(ptr, rows, num_rows, dim, stride_row, stride_col, HALF: tl.constexpr,
+              DV: tl.constexpr):
+    """Columns [HALF DV/2, (HALF + 1) DV/2) (HALF 0 or 1) of rows ``rows`` of a (num_rows, dim)
+    matrix: (len(rows), DV/2), zeros outside. The products over all of D run in two halves
+    so that a whole operand tile never passes through registers at once (ptxas spills)."""
+    cols = tl.arange(0, DV // 2) + HALF * (DV // 2)
+    mask = (rows < num_rows)[:, None] & (cols < dim)[None, :]
+    offsets = rows.to(tl.int64)[:, None] * stride_row + cols[None, :] * stride_col
+    return tl.load(ptr + offsets, mask=mask, other=0.0)
+
+
+@triton.jit
 def dot_acc(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """acc + a @ b in float32. UPCAST is for the CPU interpreter only, whose tl.dot
     multiplies the raw bit patterns of bfloat16 operands (triton 3.9)."""
