@@ -26,11 +26,10 @@ MAX_ACCUMULATOR_PER_THREAD = 128
 MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) fits no config
 ROWS_PER_BLOCK_FOR_SPLITS = 64
 CANDIDATES = [  # (BLOCK_N, BLOCK_C, BLOCK_K, warps, stages, resident)
-    (128, 128, 64, 8, 3, False), (128, 128, 64, 8, 4, False), (128, 256, 64, 8, 3, False),
-    (64, 128, 64, 4, 4, False), (128, 64, 64, 4, 4, False), (64, 64, 64, 8, 3, False),
-    (64, 64, 64, 4, 3, False), (64, 128, 64, 8, 2, False), (128, 64, 64, 8, 2, False),
-    (32, 64, 64, 4, 3, False), (64, 32, 64, 4, 3, False), (32, 32, 32, 8, 2, False),
-    (32, 32, 32, 4, 2, False),
+    (128, 128, 64, 8, 3, False), (128, 128, 64, 8, 4, False), (64, 128, 64, 4, 4, False),
+    (128, 64, 64, 4, 4, False), (64, 64, 64, 8, 3, False), (64, 64, 64, 4, 3, False),
+    (64, 128, 64, 8, 2, False), (128, 64, 64, 8, 2, False), (32, 64, 64, 4, 3, False),
+    (64, 32, 64, 4, 3, False), (32, 32, 32, 8, 2, False), (32, 32, 32, 4, 2, False),
     (64, 64, 64, 8, 2, True), (32, 64, 64, 4, 2, True), (64, 32, 64, 4, 2, True),
     (16, 16, 16, 4, 2, False),
 ]

@@ -7,16 +7,6 @@ import triton.language as tl
 
 
 @triton.jit
-def load_rows(ptr, rows, num_rows, dim, stride_row, stride_col, DV: tl.constexpr):
-    """Rows ``rows`` of a (num_rows, dim) matrix, all of dim padded to DV: (len(rows), DV)
-    in the matrix's dtype, zeros outside. Row offsets in int64 (C * D may pass 2**31)."""
-    cols = tl.arange(0, DV)
-    mask = (rows < num_rows)[:, None] & (cols < dim)[None, :]
-    offsets = rows.to(tl.int64)[:, None] * stride_row + cols[None, :] * stride_col
-    return tl.load(ptr + offsets, mask=mask, other=0.0)
-
-
-@triton.jit
 def load_half(ptr, rows, num_rows, dim, stride_row, stride_col, HALF: tl.constexpr,
               DV: tl.constexpr):
     """Columns [HALF DV/2, (HALF + 1) DV/2) (HALF 0 or 1) of rows ``rows`` of a (num_rows, dim)
