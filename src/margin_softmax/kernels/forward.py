@@ -13,9 +13,11 @@ and the kernel never sees the margin. v is flash-attention's output with x_hat a
 queries and W as both keys and values: dL/dx_hat_i = g_i r_i (1 - p_iy) (v_i - psi'_i w_hat_y),
 so no second pass over the classes is needed for dx.
 
-Grid: (row blocks, class splits). A program keeps its x tile (BLOCK_N, D) resident, streams
-(BLOCK_C, D) tiles of W through its share of the classes with an online max, and writes
-partials (split, N[, D]) that the host combines (a few MiB: splits x N x D float32).
+Grid: (row blocks, class splits). A program walks its share of the classes in BLOCK_C
+blocks with an online max and writes partials (split, N[, D]) that the host combines (a few
+MiB: splits x N x D float32). Each logit tile is either K-looped over D (x and W in BLOCK_K
+chunks, pipelined) or, if RESIDENT, one dot of the program's resident x tile with a whole W
+tile; v accumulates in two DV/2 halves (docs/triton.md, "Tiles and tuning").
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def lse_kernel(
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum exp(l - m)
     t = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum exp(l - m) cos
     v_lo = tl.zeros((BLOCK_N, DV // 2), dtype=tl.float32)  # sum exp(l - m) w_hat, 1st half
-    v_hi = tl.zeros((BLOCK_N, DV // 2), dtype=tl.float32)  # and 2nd (unused: DCE)
+    v_hi = tl.zeros((BLOCK_N, DV // 2), dtype=tl.float32)  # 2nd (both dropped without v)
     for c0 in range(start, stop, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         inv = tl.load(INV + cols, mask=cols < stop, other=0.0)  # (BLOCK_C,)
