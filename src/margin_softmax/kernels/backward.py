@@ -71,19 +71,25 @@ def weight_grad_kernel(
             x_hi = load_half(X, rows, N, D, stride_xn, stride_xd, 1, DV)
         grad_hi = dot_acc(g_t, x_hi, grad_hi, UPCAST, PRECISION)
 
-    if not RESIDENT:  # read here for the normalisation backward
+    # <w_hat, grad_hat> w_hat = inv^2 <w, grad_hat> w; no projection where |w| <= eps. One
+    # half of W at a time (K-looped: read again per use, from L2), so that fewer registers
+    # are live beside the accumulators
+    if not RESIDENT:
         w_lo = load_half(W, cols, C, D, stride_wc, stride_wd, 0, DV)
+    dot = tl.sum(w_lo.to(tl.float32) * grad_lo, axis=1)  # (BLOCK_C,)
+    if not RESIDENT:
         w_hi = load_half(W, cols, C, D, stride_wc, stride_wd, 1, DV)
-    w_lo = w_lo.to(tl.float32)
-    w_hi = w_hi.to(tl.float32)
-    # <w_hat, grad_hat> w_hat = inv^2 <w, grad_hat> w; no projection where |w| <= eps
-    dot = tl.sum(w_lo * grad_lo, axis=1) + tl.sum(w_hi * grad_hi, axis=1)  # (BLOCK_C,)
+    dot += tl.sum(w_hi.to(tl.float32) * grad_hi, axis=1)
     proj = tl.where(inv * EPS < 1.0, inv * inv * dot, 0.0)
     ds = tl.arange(0, DV // 2)
     out = DW + cols.to(tl.int64)[:, None] * stride_dc + ds[None, :]
-    grad = inv[:, None] * (grad_lo - proj[:, None] * w_lo)  # (BLOCK_C, DV/2)
+    if not RESIDENT:
+        w_lo = load_half(W, cols, C, D, stride_wc, stride_wd, 0, DV)
+    grad = inv[:, None] * (grad_lo - proj[:, None] * w_lo.to(tl.float32))  # (BLOCK_C, DV/2)
     tl.store(out, grad.to(DW.dtype.element_ty), mask=col_ok[:, None] & (ds < D)[None, :])
-    grad = inv[:, None] * (grad_hi - proj[:, None] * w_hi)
+    if not RESIDENT:
+        w_hi = load_half(W, cols, C, D, stride_wc, stride_wd, 1, DV)
+    grad = inv[:, None] * (grad_hi - proj[:, None] * w_hi.to(tl.float32))
     tl.store(out + DV // 2, grad.to(DW.dtype.element_ty),
              mask=col_ok[:, None] & (ds + DV // 2 < D)[None, :])
 
