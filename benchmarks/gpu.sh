@@ -24,7 +24,10 @@ MARGIN_SOFTMAX_QUICK_TUNE=1 timeout 150 "$PY" -m pytest -q -p no:warnings -p no:
     -m gpu --continue-on-collection-errors tests 2>&1 | tail -25 || status=1
 
 echo "== benchmark: bf16, 1024 x 512 x 1,000,000 (floor = three cuBLAS matmuls)"
-timeout 300 "$PY" -m benchmarks --device cuda --dtype bfloat16 --sizes 1024x512x1000000 \
+TRITON_PRINT_AUTOTUNING=1 timeout 300 "$PY" -m benchmarks --device cuda --dtype bfloat16 --sizes 1024x512x1000000 \
     --impls floor,auto,chunked,eager,insightface --repeats 20 \
     --max-logits-gb 16 --timeout 120 --out "$OUT_DIR" || status=1
+
+echo "== profile: where the Triton step spends its time"
+timeout 120 "$PY" -m benchmarks.gpu_profile 2>&1 | tail -20 || status=1
 exit $status
