@@ -36,18 +36,23 @@ SCHEDULES = {
 }
 
 
-@pytest.fixture(params=list(SCHEDULES))
-def schedule(request, monkeypatch):
-    keep, min_rows, tile, tile_max = SCHEDULES[request.param]
+def force_schedule(monkeypatch, name: str, n: int, c: int) -> None:
+    """Shrink the chunked path's sizes so that schedule `name` runs at N = n, C = c."""
+    keep, min_rows, tile, tile_max = SCHEDULES[name]
     if tile_max:
         monkeypatch.setattr(sweeps, "SHIFT_MAX_SCALE", -1.0)
     monkeypatch.setattr(plan, "ROW_ALIGN", 1)
     monkeypatch.setattr(plan, "MIN_TILE_CLASSES", 1)
     if keep is not None:
-        monkeypatch.setattr(plan, "KEEP_BYTES", keep * 37)
+        monkeypatch.setattr(plan, "KEEP_BYTES", keep * c)
         monkeypatch.setattr(plan, "MIN_KEEP_ROWS", min_rows)
-        for name in ("TILE_BYTES", "FUSED_TILE_BYTES"):
-            monkeypatch.setattr(plan, name, tile * 11)  # tile / 4 classes per tile for N = 11
+        for size in ("TILE_BYTES", "FUSED_TILE_BYTES"):
+            monkeypatch.setattr(plan, size, tile * n)  # tile / 4 classes per tile
+
+
+@pytest.fixture(params=list(SCHEDULES))
+def schedule(request, monkeypatch):
+    force_schedule(monkeypatch, request.param, n=11, c=37)
     return request.param
 
 

@@ -5,10 +5,10 @@ no cancellation at p_target ~ 1."""
 
 import pytest
 import torch
-from test_chunked import LargestAllocation, assert_close_rel
+from test_chunked import LargestAllocation, assert_close_rel, force_schedule
 
 import margin_softmax as ms
-from margin_softmax.chunked import plan, sweeps
+from margin_softmax.chunked import plan
 from margin_softmax.functional import target_cosines, target_cross_entropy
 
 N, C, D = 11, 37, 6
@@ -42,28 +42,13 @@ HEADS = {  # name -> (factory(embedding_dim, num_classes, **keywords), embedding
 }
 PROBED = ["adaface", "magface-easy", "elastic-arc", "elastic-cos", "curricularface"]
 
-# name -> (KEEP_BYTES per class, MIN_KEEP_ROWS, tile bytes per row, shift by the tile max),
-# as in test_chunked.py: one kept block, uneven kept blocks [4, 4, 3], two sweeps.
-SCHEDULES = {
-    "fused-one-block": (None, None, None, False),
-    "fused-blocks": (4 * 4, 1, 4 * 5, False),
-    "two-sweeps": (4 * 4, 10**9, 4 * 6, False),
-    "two-sweeps-tile-max": (4 * 4, 10**9, 4 * 6, True),
-}
+# one kept block, uneven kept blocks, two sweeps (with and without the tile-max shift)
+HEAD_SCHEDULES = ["fused-one-block", "fused-blocks", "two-sweeps", "two-sweeps-tile-max"]
 
 
-@pytest.fixture(params=list(SCHEDULES))
+@pytest.fixture(params=HEAD_SCHEDULES)
 def schedule(request, monkeypatch):
-    keep, min_rows, tile, tile_max = SCHEDULES[request.param]
-    if tile_max:
-        monkeypatch.setattr(sweeps, "SHIFT_MAX_SCALE", -1.0)
-    monkeypatch.setattr(plan, "ROW_ALIGN", 1)
-    monkeypatch.setattr(plan, "MIN_TILE_CLASSES", 1)
-    if keep is not None:
-        monkeypatch.setattr(plan, "KEEP_BYTES", keep * C)
-        monkeypatch.setattr(plan, "MIN_KEEP_ROWS", min_rows)
-        for name in ("TILE_BYTES", "FUSED_TILE_BYTES"):
-            monkeypatch.setattr(plan, name, tile * N)
+    force_schedule(monkeypatch, request.param, n=N, c=C)
     return request.param
 
 
