@@ -197,3 +197,16 @@ def test_sphereface_psi_prime_reaches_its_limit_at_the_pole(dtype):
     _, grad = margin.psi_and_grad(c)
     expected = (32 * c**3 - 16 * c) * torch.tensor([1, 1, -1, -1], dtype=dtype)
     torch.testing.assert_close(grad, expected, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["eager", "chunked"])
+def test_softmax_cross_entropy_under_autocast(impl):
+    x, w, y = make_problem(8, 10, 6, seed=11, dtype=torch.float32)
+    w.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = softmax_cross_entropy(x.to(torch.bfloat16), w, y, impl=impl)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
+    exact = softmax_cross_entropy(x, w.detach(), y)
+    assert loss.item() == pytest.approx(exact.item(), rel=0.05)

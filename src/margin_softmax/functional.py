@@ -273,6 +273,7 @@ def softmax_cross_entropy(
     """Plain softmax loss: cross_entropy(x W^T + b, y), no normalisation, no margin.
     embeddings (N, D), weight (C, D), bias (C,) or None, labels (N,). impl: "auto", "eager"
     or "chunked" (never holds the (N, C) logits)."""
+    embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
     check_embeddings(embeddings, weight)
     labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
     if reduction not in REDUCTIONS:
@@ -280,9 +281,8 @@ def softmax_cross_entropy(
     if resolve_impl(impl, embeddings, weight.shape[0], plain=True) == "chunked":
         from .chunked import chunked_softmax_cross_entropy
 
-        embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
         loss = chunked_softmax_cross_entropy(embeddings, weight, labels, bias, reduction)
         return loss.to(out_dtype)
     logits = F.linear(embeddings, weight, bias)  # (N, C)
     logits = logits.to(compute_dtype(logits.dtype))
-    return F.cross_entropy(logits, labels, reduction=reduction).to(embeddings.dtype)
+    return F.cross_entropy(logits, labels, reduction=reduction).to(out_dtype)
