@@ -6,7 +6,7 @@
 """
 
 from .cleaning import SubCenterCleaning, find_outliers
-from .functional import margin_cross_entropy, softmax_cross_entropy
+from .functional import margin_cross_entropy, softmax_cross_entropy, target_cross_entropy
 from .heads import (
     AAMSoftmax,
     AdaCos,
@@ -51,4 +51,5 @@ __all__ = [
     "find_outliers",
     "margin_cross_entropy",
     "softmax_cross_entropy",
+    "target_cross_entropy",
 ]
