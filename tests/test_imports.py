@@ -1,0 +1,29 @@
+"""Import hygiene: the NumPy reference never pulls in torch, the package never pulls in
+triton, and every public name resolves."""
+
+import subprocess
+import sys
+
+import margin_softmax as ms
+
+
+def modules_after(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_reference_imports_numpy_only():
+    loaded = modules_after("import margin_softmax.reference")
+    assert "numpy" in loaded and "torch" not in loaded
+
+
+def test_package_does_not_import_triton():
+    loaded = modules_after("import margin_softmax as ms; ms.ArcFace; ms.margin_cross_entropy")
+    assert "torch" in loaded and "triton" not in loaded
+
+
+def test_every_public_name_resolves():
+    for name in ms.__all__:
+        assert getattr(ms, name) is not None, name
+    assert ms.AAMSoftmax is ms.ArcFace and ms.AMSoftmax is ms.CosFace
