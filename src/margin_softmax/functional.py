@@ -93,12 +93,8 @@ def margin_cross_entropy(
     Returns the loss in the embeddings' dtype: a scalar, or (N,) for reduction="none".
     ``margin`` (a Margin) may be passed instead of m1, m2, m3, fallback, straight_through, blend.
     """
-    embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
-    check_embeddings(embeddings, weight)
-    labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
+    embeddings, weight, labels, out_dtype = checked_inputs(embeddings, weight, labels, reduction)
     scale = check_scale(scale)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if margin is None:
         margin = Margin(m1, m2, m3, fallback, blend, straight_through)
     if embeddings.shape[0] == 0:
@@ -109,7 +105,7 @@ def margin_cross_entropy(
     kind = resolve_impl(impl, embeddings, weight.shape[0])
     if kind == "eager":
         loss = eager_margin_cross_entropy(embeddings, weight, labels, scale, margin, row_scale)
-        loss = loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+        loss = reduce(loss, reduction)
     elif kind == "chunked":
         from .chunked import chunked_margin_cross_entropy
 
@@ -123,6 +119,24 @@ def margin_cross_entropy(
             embeddings, weight, labels, scale, margin, row_scale, reduction
         )
     return loss.to(out_dtype)
+
+
+def checked_inputs(embeddings, weight, labels, reduction: str):
+    """The checks every loss starts with: autocast casts, embeddings/weight (N, D)/(C, D),
+    labels (N,) in [0, C), a known reduction. Returns (embeddings, weight, labels, out_dtype)."""
+    embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
+    check_embeddings(embeddings, weight)
+    labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return embeddings, weight, labels, out_dtype
+
+
+def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sample losses (N,) to their mean, sum, or themselves ("none")."""
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
 
 
 def autocast_inputs(embeddings: torch.Tensor, weight: torch.Tensor):
@@ -185,12 +199,8 @@ def target_cross_entropy(
     param, with a per-row param (N,) in ``non_target.row_param`` (no gradient). impl:
     "auto", "eager" (materialises (N, C)) or "chunked" (never does). Returns the loss in the
     embeddings' dtype."""
-    embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
-    check_embeddings(embeddings, weight)
-    labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
+    embeddings, weight, labels, out_dtype = checked_inputs(embeddings, weight, labels, reduction)
     scale = check_scale(scale)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not isinstance(target_logit, torch.Tensor) or not target_logit.is_floating_point():
         raise TypeError(f"target_logit must be a float tensor, got {target_logit!r}")
     if target_logit.shape != labels.shape or target_logit.device != embeddings.device:
@@ -273,11 +283,7 @@ def softmax_cross_entropy(
     """Plain softmax loss: cross_entropy(x W^T + b, y), no normalisation, no margin.
     embeddings (N, D), weight (C, D), bias (C,) or None, labels (N,). impl: "auto", "eager"
     or "chunked" (never holds the (N, C) logits)."""
-    embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
-    check_embeddings(embeddings, weight)
-    labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    embeddings, weight, labels, out_dtype = checked_inputs(embeddings, weight, labels, reduction)
     if resolve_impl(impl, embeddings, weight.shape[0], plain=True) == "chunked":
         from .chunked import chunked_softmax_cross_entropy
 

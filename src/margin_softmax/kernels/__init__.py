@@ -59,7 +59,7 @@ def triton_margin_cross_entropy(
 
         return chunked_margin_cross_entropy(embeddings, weight, labels, scale, margin,
                                             row_scale, reduction)
-    from ..functional import normalize
+    from ..functional import normalize, reduce
 
     x_hat = normalize(embeddings.float())  # (N, D), norms in float32 as eager does
     if row_scale is None:
@@ -67,6 +67,4 @@ def triton_margin_cross_entropy(
     else:
         r = row_scale.float()  # (N,), keeps its autograd history (scale * |x|)
     loss = MarginCrossEntropyRows.apply(x_hat, weight, r, labels, margin)  # (N,)
-    if reduction == "mean":
-        return loss.mean()
-    return loss.sum() if reduction == "sum" else loss
+    return reduce(loss, reduction)
