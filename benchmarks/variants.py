@@ -24,10 +24,11 @@ HOLDS_LOGITS = ("eager", "insightface", "pml")  # materialise several (N, C) ten
 
 
 def make_inputs(n: int, d: int, c: int, device: str, dtype: torch.dtype, seed: int = 0):
-    """embeddings (N, D) and weight (C, D) as leaves that want gradients, labels (N,)."""
+    """embeddings (N, D) and weight (C, D) as leaves that want gradients, labels (N,).
+    Drawn in their dtype: a float32 draw cast to half would set the CPU's peak memory."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g).to(device, dtype).requires_grad_()
-    w = torch.randn(c, d, generator=g).to(device, dtype).requires_grad_()
+    x = torch.randn(n, d, generator=g, dtype=dtype).to(device).requires_grad_()
+    w = torch.randn(c, d, generator=g, dtype=dtype).to(device).requires_grad_()
     y = torch.randint(0, c, (n,), generator=g).to(device)
     return x, w, y
 
