@@ -226,11 +226,13 @@ def test_fixed_shift_at_its_limits(two_sweeps, monkeypatch):
 
 
 class LargestAllocation(TorchDispatchMode):
-    """Records the largest storage (in elements) of any tensor an op returns."""
+    """Records the largest storage (in elements) of any tensor an op returns, in all and
+    per dtype."""
 
     def __init__(self):
         super().__init__()
         self.largest = 0
+        self.by_dtype = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -238,6 +240,7 @@ class LargestAllocation(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 elements = t.untyped_storage().nbytes() // t.element_size()
                 self.largest = max(self.largest, elements)
+                self.by_dtype[t.dtype] = max(self.by_dtype.get(t.dtype, 0), elements)
         return out
 
 
@@ -258,6 +261,30 @@ def test_chunked_never_allocates_the_logits(impl, holds_logits, keep_rows, monke
     assert (probe.largest >= n * c) == holds_logits
     if not holds_logits:
         assert probe.largest <= max(c * d, c * keep_rows, 256 * n)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_hold_no_float32_weight_gradient(dtype, monkeypatch):
+    """Half inputs where a float32 (C, D) would not fit KEEP_BYTES: two sweeps, each tile's
+    float32 gradient cast into the half-precision d_weight, so no float32 tensor has C x D
+    elements (the fused schedule's float32 A took 1.6x the memory floor at C = 1M, bf16);
+    the gradient is still the fused schedule's up to half-precision rounding."""
+    n, c, d = 64, 3000, 8
+    x, w, y = problem(n, c, d, dtype)
+    fused = loss_and_grads("chunked", x, w, y, Margin(m2=0.5), False, scale=30.0)
+    monkeypatch.setattr(plan, "KEEP_BYTES", 4 * c * d)  # the float32 A alone fills it
+    monkeypatch.setattr(plan, "MIN_KEEP_ROWS", 1)  # (the store alone: blocks of 8 rows)
+    monkeypatch.setattr(plan, "ROW_ALIGN", 1)
+    monkeypatch.setattr(plan, "TILE_BYTES", 4 * n * 256)
+    with LargestAllocation() as probe:
+        two_sweeps = loss_and_grads("chunked", x, w, y, Margin(m2=0.5), False, scale=30.0)
+    assert probe.by_dtype[torch.float32] < c * d
+    assert probe.by_dtype[dtype] >= c * d  # d_weight itself, in the inputs' dtype
+    for a, b in zip(two_sweeps, fused, strict=True):
+        assert a.dtype == dtype
+        assert float((a.float() - b.float()).norm()) <= 8 * torch.finfo(dtype).eps * float(
+            b.float().norm()
+        )
 
 
 def shard_inputs(n=6, c=23, d=5, scale=20.0):

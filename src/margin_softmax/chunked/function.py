@@ -78,7 +78,10 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             )
             row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
             scalar_grads = need_grads and reduction != "none"
-            widths = plan.plan_blocks(n, c) if scalar_grads else None  # None: two sweeps
+            widths = None  # two sweeps
+            if scalar_grads:
+                wide = compute_dtype(weight.dtype) != weight.dtype  # a float32 (C, D) for A
+                widths = plan.plan_blocks(n, c, 4 * c * weight.shape[1] if wide else 0)
             tile_bytes = plan.tile_bytes(widths is not None, embeddings.device.type)
             tile = plan.tile_classes(n if widths is None else widths[0], tile_bytes)
             classes = ClassTiles(weight, tile, x_norm is not None, bias)

@@ -26,10 +26,12 @@ def tile_classes(n_rows: int, tile_bytes: int | None = None) -> int:
     return max(MIN_TILE_CLASSES, (tile_bytes or TILE_BYTES) // (4 * max(n_rows, 1)))
 
 
-def plan_blocks(n_rows: int, n_classes: int) -> list[int] | None:
+def plan_blocks(n_rows: int, n_classes: int, accumulator_bytes: int = 0) -> list[int] | None:
     """Widths of the row blocks for fused_sweeps (multiples of ROW_ALIGN, non-increasing,
-    as even as possible), or None when the store would hold too few rows: two sweeps."""
-    widest = KEEP_BYTES // (4 * max(n_classes, 1))
+    as even as possible), or None when the store would hold too few rows: two sweeps.
+    accumulator_bytes: what else the fused schedule keeps, from the same KEEP_BYTES (half
+    inputs: the float32 (C, D) gradient that the blocks of rows accumulate into)."""
+    widest = (KEEP_BYTES - accumulator_bytes) // (4 * max(n_classes, 1))
     if widest >= n_rows:
         return [n_rows]
     units, widest_units = math.ceil(n_rows / ROW_ALIGN), widest // ROW_ALIGN

@@ -66,7 +66,9 @@ class RowSide:
 
 @dataclass
 class Gradients:
-    """d_x (N, D) and d_weight (C, D) in compute dtype, d_bias (C,) or None, and dot (N,):
+    """d_x (N, D) in compute dtype, d_weight (C, D) in compute dtype (fused sweeps: A
+    accumulates over blocks of rows) or the weight's (two sweeps: each tile is written once,
+    so half inputs need no float32 (C, D)), d_bias (C,) or None, and dot (N,):
     sum_j dlogit_ij * logit_ij per row (for d_row_scale), or None."""
 
     d_x: torch.Tensor
@@ -75,12 +77,13 @@ class Gradients:
     dot: torch.Tensor | None
 
 
-def _new_gradients(rows: RowSide, classes: ClassTiles, need_dot: bool) -> Gradients:
-    """d_weight uninitialised: the first gradient pass over each tile writes it."""
+def _new_gradients(rows: RowSide, classes: ClassTiles, need_dot: bool, weight_dtype) -> Gradients:
+    """d_weight (in weight_dtype) uninitialised: the first gradient pass over each tile
+    writes it."""
     acc, (n, d), device = classes.acc, rows.x.shape, rows.x.device
     return Gradients(
         d_x=torch.zeros(n, d, dtype=acc, device=device),
-        d_weight=torch.empty(classes.num_classes, d, dtype=acc, device=device),
+        d_weight=torch.empty(classes.num_classes, d, dtype=weight_dtype, device=device),
         d_bias=None if classes.bias is None else torch.zeros_like(classes.bias),
         dot=torch.zeros(n, dtype=acc, device=device) if need_dot else None,
     )
@@ -138,19 +141,19 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, accumulate: bool = 
         out.copy_(a.to(b.dtype) @ b)
 
 
-def _tile_gradients(classes, rows, block, a, b, tile, factor, grads, targets, first) -> None:
+def _tile_gradients(classes, rows, block, a, b, tile, factor, grads, targets, dest, first):
     """From e = p / factor in tile (T, R), factor (R,) = g r exp(m - lse) per row of the
     batch: dcos = e * factor, then GEMMs 2 and 3, d_x[block] += dcos^T w_hat and A[a:b] (+)=
-    (dcos / n) x, and the target cells' rows (targets: (TargetCells, (M, D) values)).
-    first: A[a:b] not yet written."""
+    (dcos / n) x into dest (T, D) in compute dtype, and the target cells' rows (targets:
+    (TargetCells, (M, D) values)). first: dest not yet written."""
     tile.mul_(factor)  # (T, R) dcos, 0 at the target cells
     if grads.d_bias is not None:  # plain softmax: dL/db_j = sum_i g_i p_ij
         grads.d_bias[a:b] += tile.sum(1)
-    tile = classes.divide_by_norm(tile, a, b)
+    tile = classes.divide_by_norm(tile, a, b).to(classes.mm)  # one cast for both GEMMs
     _mm(tile.t(), classes.weights(a, b), grads.d_x[block])
-    _mm(tile, rows.x[block], grads.d_weight[a:b], accumulate=not first)
+    _mm(tile, rows.x[block], dest, accumulate=not first)
     if targets[1] is not None:
-        targets[0].add_rows(grads.d_weight[a:b], a, targets[1])
+        targets[0].add_rows(dest, a, targets[1])
 
 
 def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads, cells):
@@ -202,9 +205,13 @@ def gradient_sweep(classes, rows, lse, row_grad, target_dpsi, need_dot=False) ->
     n, everything = rows.x.shape[0], slice(None)
     cells = TargetCells(rows.target, classes.num_classes, classes.tile)
     coef = row_grad * rows.row_scale  # (N,) dloss/dlogit -> dloss/dcos
-    grads = _new_gradients(rows, classes, need_dot)
+    grads = _new_gradients(rows, classes, need_dot, classes.weight.dtype)
     values = _target_gradients(classes, rows, everything, lse, coef, target_dpsi, grads, cells)
     work = torch.empty(classes.tile * n, dtype=classes.acc, device=rows.x.device)
+    a_work = None  # half inputs: each tile's A in compute dtype, then cast into d_weight
+    if grads.d_weight.dtype != classes.acc:
+        widest = min(classes.tile, classes.num_classes)
+        a_work = torch.empty(widest, rows.x.shape[1], dtype=classes.acc, device=work.device)
     for a, b in classes.ranges():
         tile = classes.logits(rows.scaled.t(), a, b, work[: (b - a) * n].view(b - a, n))
         slope = _bend(rows, everything, tile)
@@ -214,8 +221,13 @@ def gradient_sweep(classes, rows, lse, row_grad, target_dpsi, need_dot=False) ->
             grads.dot += _entropy_term(tile, lse, tile.sum(0))
         if slope is not None:
             tile.mul_(slope)  # p f'
-        _tile_gradients(classes, rows, everything, a, b, tile, coef, grads, (cells, values), True)
-        classes.finish(grads.d_weight[a:b], a, b)
+        dest = grads.d_weight[a:b] if a_work is None else a_work[: b - a]  # (T, D)
+        _tile_gradients(
+            classes, rows, everything, a, b, tile, coef, grads, (cells, values), dest, True
+        )
+        classes.finish(dest, a, b)
+        if a_work is not None:
+            grads.d_weight[a:b] = dest
     return grads
 
 
@@ -229,7 +241,7 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
     blocks = [slice(s, s + w) for s, w in zip(starts, widths, strict=True)]
     store = torch.empty(classes.num_classes * widths[0], dtype=classes.acc, device=device)
     lse = torch.empty(n, dtype=classes.acc, device=device)
-    grads = _new_gradients(rows, classes, need_dot)
+    grads = _new_gradients(rows, classes, need_dot, classes.acc)  # A over blocks of rows
     shift = fixed_shift(classes, rows)
     due = None  # (block, factor (tiles, R), targets): the block whose gradients are due
     for k in range(len(blocks) + 1):
@@ -242,10 +254,8 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
             if due is not None:
                 due_block, factor, targets = due
                 tile = _tile_view(store, due_block.stop - due_block.start, a, b)
-                first = k == 1
-                _tile_gradients(
-                    classes, rows, due_block, a, b, tile, factor[ti], grads, targets, first
-                )
+                _tile_gradients(classes, rows, due_block, a, b, tile, factor[ti], grads,
+                                targets, grads.d_weight[a:b], first=k == 1)
                 if block is None:  # the last sweep: A is complete for this tile
                     classes.finish(grads.d_weight[a:b], a, b)
             if block is not None:

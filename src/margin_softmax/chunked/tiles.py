@@ -35,8 +35,12 @@ class ClassTiles:
         self.bias = None if bias is None else bias.to(self.acc)
         self.norm = self.inv_norm = self._work = None
         if normalized:
-            parts = [w.to(self.acc).norm(dim=1) for w in weight.split(self.tile)]
-            self.norm = torch.cat(parts) if parts else weight.new_zeros(0, dtype=self.acc)
+            # tile by tile into one buffer: a cast of all of W (vector_norm's dtype= does one)
+            # would take C x D x 4 bytes for half weights, and per-tile results allocated
+            # between the casts fragment the CPU heap to the same size
+            self.norm = weight.new_empty(self.num_classes, dtype=self.acc)  # (C,)
+            for a, b in self.ranges():
+                torch.linalg.vector_norm(weight[a:b].to(self.acc), dim=1, out=self.norm[a:b])
             self.inv_norm = 1 / self.norm.clamp_min(NORM_EPS)  # (C,)
 
     def ranges(self):
@@ -84,7 +88,7 @@ class ClassTiles:
             return
         w = self.weight[a:b]
         if self._work is None or self._work.shape[0] < w.shape[0]:
-            self._work = torch.empty(self.tile, w.shape[1], dtype=self.acc, device=w.device)
+            self._work = torch.empty_like(w, dtype=self.acc)  # the first tile is the widest
         work = self._work[: w.shape[0]]  # reused: no fresh (T, D) pages per tile
         inv = self.inv_norm[a:b] * (self.norm[a:b] > NORM_EPS)  # (T,)
         radial = torch.mul(w, grad, out=work).sum(1) * inv * inv  # (T,) <w_hat, A> / n
