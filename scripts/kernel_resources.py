@@ -23,11 +23,11 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from margin_softmax.kernels import backward, config, forward  # noqa: E402
+from margin_softmax.kernels import backward, config, forward, gradient_tiles  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FLOAT_ARGS = ("INV", "R", "M", "S", "T", "V", "LSE", "GR", "TGT")
-UNIT_STRIDES = ("stride_xd", "stride_wd")
+UNIT_STRIDES = ("stride_xd", "stride_wd")  # (gradient_tile_kernel's H has unit columns)
 
 
 def compile_kernel(fn, dtype: str, constants: dict, warps: int, stages: int):
@@ -38,7 +38,7 @@ def compile_kernel(fn, dtype: str, constants: dict, warps: int, stages: int):
             signature[name] = "constexpr"
             constexprs[(index,)] = constants[name]
             continue
-        if name in ("X", "W", "DW"):
+        if name in ("X", "W", "DW", "H"):
             signature[name] = f"*{dtype}"
         elif name == "Y":
             signature[name] = "*i64"
@@ -79,14 +79,21 @@ def main() -> None:
          {"WITH_COS_MEAN": True, "WITH_V": True, "INV_CAP": 3.0e38}),
         ("backward", backward.weight_grad_kernel, "BLOCK_C", "BLOCK_N", None, {"EPS": 1e-12}),
     ]
+    kernels.append(("gradients", gradient_tiles.gradient_tile_kernel, None, None, None, {}))
     for name, kernel, accumulator, operand, flag, constants in kernels:
-        prune = config.pruner(accumulator, operand, flag)["early_config_prune"]
-        keys = {"DV": dv, **({flag: constants[flag]} if flag else {})}
-        for cfg in prune(config.tuning_configs(), {"W": weight}, **keys):
+        if accumulator is None:  # a GEMM tile: config.gemm_prune
+            candidates = config.gemm_prune(config.gemm_tuning_configs(), {"W": weight})
+        else:
+            prune = config.pruner(accumulator, operand, flag)["early_config_prune"]
+            keys = {"DV": dv, **({flag: constants[flag]} if flag else {})}
+            candidates = prune(config.tuning_configs(), {"W": weight}, **keys)
+        for cfg in candidates:
             shape = tuple(cfg.kwargs[k] for k in ("BLOCK_N", "BLOCK_C", "BLOCK_K"))
             label = f"{name:10s} {shape} warps {cfg.num_warps} stages {cfg.num_stages} " \
-                    f"resident {cfg.kwargs['RESIDENT']!s:5s}"
-            values = dict(constants, **cfg.kwargs, DV=dv, UPCAST=False, PRECISION=precision)
+                    f"resident {cfg.kwargs.get('RESIDENT', False)!s:5s}"
+            values = dict(constants, **cfg.kwargs, UPCAST=False, PRECISION=precision)
+            if accumulator is not None:
+                values["DV"] = dv
             try:
                 compiled = compile_kernel(kernel.fn, args.dtype, values, cfg.num_warps,
                                           cfg.num_stages)

@@ -36,6 +36,17 @@ MARGINS = {
 SIZES = [(1, 2, 3), (5, 37, 3), (19, 40, 20)]  # (N, C, D): C not a multiple of 16, D < 16
 
 
+@pytest.fixture(autouse=True, params=["gemm", "fused"])
+def schedule(request, monkeypatch):
+    """Every test under both schedules (kernels/config.py); the GEMM one in chunks of 16
+    classes, so that C = 37 or 70 crosses chunk edges and ends in a partial chunk."""
+    from margin_softmax.kernels import config, gradients
+
+    monkeypatch.setattr(config, "SCHEDULE", request.param)
+    monkeypatch.setattr(gradients, "CHUNK_BYTES", 1)
+    return request.param
+
+
 def problem(n, c, d, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64) * 2
@@ -131,6 +142,55 @@ def test_both_tile_schedules(resident, dtype, monkeypatch):
         eager = rel_errors(loss_and_grads("eager", x, w, y, margin, by_norm, scale=3.0), exact)
         for ours, theirs in zip(fused, eager, strict=True):
             assert ours <= theirs + torch.finfo(dtype).eps / 4
+
+
+@pytest.mark.parametrize("schedule", ["gemm"], indirect=True)
+def test_gemm_schedule_walks_the_classes_in_chunks(schedule, monkeypatch):
+    """The GEMM schedule's backward fills H for consecutive chunks of T = 64 classes that
+    cover [0, C) once, each into the same (N, 64) store (its only C-independent buffer
+    besides A; measured on CUDA by test_gpu_gemm_schedule_memory)."""
+    from margin_softmax.kernels import gradients
+
+    n, c, d = 8, 1000, 24
+    monkeypatch.setattr(gradients, "CHUNK_BYTES", n * 64 * 4)  # float32 H: 64 classes
+    calls = []
+    tile = gradients.gradient_tile
+
+    def spy(*args):
+        start, stop, out = args[-3:]
+        calls.append((start, stop, tuple(out.shape), out.untyped_storage().data_ptr()))
+        tile(*args)
+
+    monkeypatch.setattr(gradients, "gradient_tile", spy)
+    x, w, y = problem(n, c, d, seed=2)
+    expected = loss_and_grads("eager", x, w, y, Margin(m2=0.3))
+    actual = loss_and_grads("triton", x, w, y, Margin(m2=0.3))
+    assert max(rel_errors(actual, expected)) < 1e-5
+    assert [call[:2] for call in calls] == [(a, min(a + 64, c)) for a in range(0, c, 64)]
+    assert all(shape == (n, stop - start) for start, stop, shape, _ in calls)
+    assert len({call[3] for call in calls}) == 1  # one store, reused
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", ["gemm"], indirect=True)
+def test_gpu_gemm_schedule_memory(schedule):
+    """Peak CUDA memory of a training step beyond x, W and dW: the chunk's H and A (about
+    2 x CHUNK_BYTES) plus O(N D + C), independent of C."""
+    from margin_softmax.kernels import gradients
+
+    n, c, d = 1024, 200_000, 512
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(n, d, device="cuda", generator=g).bfloat16().requires_grad_()
+    w = torch.randn(c, d, device="cuda", generator=g).bfloat16().requires_grad_()
+    y = torch.randint(0, c, (n,), device="cuda", generator=g)
+    margin_cross_entropy(x, w, y, scale=30.0, m2=0.5, impl="triton").backward()  # tunes
+    x.grad = w.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    held = torch.cuda.memory_allocated()  # x, W, y
+    margin_cross_entropy(x, w, y, scale=30.0, m2=0.5, impl="triton").backward()
+    extra = torch.cuda.max_memory_allocated() - held - w.numel() * 2  # beyond dW
+    assert extra <= 2.5 * gradients.CHUNK_BYTES + 64 * n * d + 16 * c, extra
 
 
 def test_float64_goes_to_the_chunked_path():

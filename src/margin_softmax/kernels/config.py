@@ -1,4 +1,12 @@
-"""Launch settings: tile sizes, warps and pipeline stages (autotuned), dot precision.
+"""Launch settings: the schedule, tile sizes, warps and pipeline stages (autotuned), dot
+precision.
+
+SCHEDULE picks how the training step is split into kernels (function.py): "gemm" (the
+default) keeps no (BLOCK, D) accumulator in any kernel and leaves two of the four products to
+cuBLAS (gradients.py); "fused" computes v in the forward kernel and dL/dW in one kernel. The
+GEMM-tile kernels (gradient_tiles.py) have their own candidates (GEMM_CANDIDATES,
+gemm_autotune); the rest of this docstring is about the kernels of forward.py and
+backward.py.
 
 Every logit tile is a K-loop over D in BLOCK_K chunks of both operands, pipelined over
 num_stages (tiles.cosine_tile). Where a program also accumulates a product over all of D
@@ -21,11 +29,13 @@ import torch
 import triton
 from triton import knobs
 
+SCHEDULE = "gemm"  # or "fused" (forward.py's v + backward.py); docs/triton.md compares them
 SHARED_MEMORY_BYTES = 200 * 1024  # leaves room for Triton's own scratch under 227 KiB
 MAX_ACCUMULATOR_PER_THREAD = 128
 MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) fits no config
 ROWS_PER_BLOCK_FOR_SPLITS = 64
 CANDIDATES = [  # (BLOCK_N, BLOCK_C, BLOCK_K, warps, stages, resident)
+    (128, 256, 64, 8, 3, False), (256, 128, 64, 8, 3, False),  # no accumulator only
     (128, 128, 64, 8, 3, False), (128, 128, 64, 8, 4, False), (64, 128, 64, 4, 4, False),
     (128, 64, 64, 4, 4, False), (64, 64, 64, 8, 3, False), (64, 64, 64, 4, 3, False),
     (64, 128, 64, 8, 2, False), (128, 64, 64, 8, 2, False), (32, 64, 64, 4, 3, False),
@@ -35,6 +45,12 @@ CANDIDATES = [  # (BLOCK_N, BLOCK_C, BLOCK_K, warps, stages, resident)
 ]
 QUICK_CANDIDATES = [(64, 64, 64, 8, 3, False), (64, 64, 64, 8, 2, True),
                     (16, 16, 16, 4, 2, False)]
+GEMM_CANDIDATES = [  # (BLOCK_N, BLOCK_C, BLOCK_K, warps, stages): kernels with no accumulator
+    (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
+    (128, 128, 32, 4, 4), (64, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 3), (32, 64, 32, 4, 3), (16, 16, 16, 4, 2),
+]
+QUICK_GEMM_CANDIDATES = [(128, 128, 64, 8, 3), (64, 64, 64, 4, 3), (16, 16, 16, 4, 2)]
 
 
 def interpreted() -> bool:
@@ -61,6 +77,16 @@ def tuning_configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_N": n, "BLOCK_C": c, "BLOCK_K": k, "RESIDENT": resident},
                           num_warps=w, num_stages=s)
             for n, c, k, w, s, resident in (QUICK_CANDIDATES if quick else CANDIDATES)]
+
+
+def gemm_tuning_configs() -> list[triton.Config]:
+    """The candidates of the kernels that keep no (BLOCK, D) accumulator: GEMM tiles."""
+    if interpreted():
+        return [triton.Config({"BLOCK_N": 16, "BLOCK_C": 16, "BLOCK_K": 16}, num_warps=1,
+                              num_stages=1)]
+    quick = os.environ.get("MARGIN_SOFTMAX_QUICK_TUNE") == "1"
+    return [triton.Config({"BLOCK_N": n, "BLOCK_C": c, "BLOCK_K": k}, num_warps=w, num_stages=s)
+            for n, c, k, w, s in (QUICK_GEMM_CANDIDATES if quick else GEMM_CANDIDATES)]
 
 
 def interpreter_config(resident: bool) -> triton.Config:
@@ -116,6 +142,23 @@ def autotune(key: list[str], accumulator: str, operand: str, flag: str | None = 
     """The autotune decorator of both kernels."""
     return triton.autotune(tuning_configs(), key=key,
                            prune_configs_by=pruner(accumulator, operand, flag),
+                           cache_results=True)
+
+
+def gemm_prune(configs, named_args, **kwargs):
+    """The GEMM-tile candidates whose pipelined K-chunks, stages x (BLOCK_N + BLOCK_C) x
+    BLOCK_K operands, fit in shared memory."""
+    itemsize = named_args["W"].element_size()
+    keep = [c for c in configs
+            if c.num_stages * (c.kwargs["BLOCK_N"] + c.kwargs["BLOCK_C"]) * c.kwargs["BLOCK_K"]
+            * itemsize <= SHARED_MEMORY_BYTES]
+    return keep or configs[-1:]
+
+
+def gemm_autotune(key: list[str]):
+    """The autotune decorator of a GEMM-tile kernel (no (BLOCK, D) accumulator)."""
+    return triton.autotune(gemm_tuning_configs(), key=key,
+                           prune_configs_by={"early_config_prune": gemm_prune},
                            cache_results=True)
 
 

@@ -4,9 +4,11 @@
 
 Forward: inverse norms of W (norms.py); the N target cosines and psi, psi' in PyTorch (O(N D)
 work, so the kernels never see the margin); kernel 1 (forward.py): one pass over the classes
-for the log-sum-exp of the other classes, and, when gradients are wanted, cbar (for dL/dr) and
-v (for dL/dx). Backward: dL/dx_hat and dL/dr in PyTorch from those (O(N D)); kernel 2
-(backward.py) for dL/dW. Nothing (N, C) or (C, D) is allocated besides dL/dW itself.
+for the log-sum-exp of the other classes, and, when gradients are wanted, cbar (for dL/dr).
+Backward, by config.SCHEDULE: "gemm" (gradients.py): chunks of classes, each a GEMM-tile
+kernel for H = dL/dcos * inv and two cuBLAS products for dL/dx_hat and dL/dW; "fused": v in
+kernel 1 gives dL/dx_hat in PyTorch (O(N D)), and one kernel (backward.py) dL/dW. dL/dr in
+PyTorch from cbar. Nothing (N, C) or (C, D) is allocated besides dL/dW itself.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..margins import Margin
+from . import config
 from .backward import weight_grad
 from .forward import non_target_softmax
+from .gradients import gradients
 from .norms import row_inv_norms
 
 
@@ -33,7 +37,9 @@ class MarginCrossEntropyRows(torch.autograd.Function):
         w_target = weight[labels].float() * inv[labels, None]  # (N, D) w_hat of the targets
         cos_target = (x_hat.float() * w_target).sum(dim=1)  # (N,)
         psi, dpsi = margin.psi_and_grad(cos_target)
-        lse_other, cbar, v = non_target_softmax(x, weight, inv, r, labels, want_dr, want_dx)
+        ctx.schedule = config.SCHEDULE
+        want_v = want_dx and ctx.schedule == "fused"  # else dx comes from the backward
+        lse_other, cbar, v = non_target_softmax(x, weight, inv, r, labels, want_dr, want_v)
         logit_target = r * psi  # (N,)
         ctx.save_for_backward(x, weight, inv, r, labels, lse_other, logit_target, psi, dpsi,
                               cbar, v, w_target)
@@ -50,13 +56,18 @@ class MarginCrossEntropyRows(torch.autograd.Function):
         g = grad_loss.float().contiguous()  # (N,)
         other_mass = torch.sigmoid(lse_other - logit_target)  # 1 - p_iy, without cancelling
         dx = dw = dr = None
-        if want_dx:  # sum_j G_ij w_hat_j = g r [(1 - p_y) v - (1 - p_y) psi' w_hat_y]
-            dx = (g * r * other_mass)[:, None] * (v - dpsi[:, None] * w_target)  # (N, D)
+        lse = torch.logaddexp(lse_other, logit_target)  # (N,)
+        target_grad = -g * r * other_mass * dpsi  # g r (p_iy - 1) psi'
+        if ctx.schedule == "gemm" and (want_dx or want_dw):
+            dx, dw = gradients(x, weight, inv, r, labels, lse, g * r, target_grad, want_dx,
+                               want_dw)
+        else:
+            if want_dx:  # sum_j G_ij w_hat_j = g r [(1 - p_y) v - (1 - p_y) psi' w_hat_y]
+                dx = (g * r * other_mass)[:, None] * (v - dpsi[:, None] * w_target)  # (N, D)
+            if want_dw:
+                dw = weight_grad(x, weight, inv, r, labels, lse, g * r, target_grad)
+        if dx is not None:
             dx = dx.to(ctx.x_hat_dtype)
-        if want_dw:
-            lse = torch.logaddexp(lse_other, logit_target)  # (N,)
-            target_grad = -g * r * other_mass * dpsi  # g r (p_iy - 1) psi'
-            dw = weight_grad(x, weight, inv, r, labels, lse, g * r, target_grad)
         if want_dr:
             dr = g * other_mass * (cbar - psi)  # g (sum_j p_ij c_ij - psi_i)
         return dx, dw, dr, None, None
