@@ -25,7 +25,7 @@ MARGIN_SOFTMAX_QUICK_TUNE=1 timeout 150 "$PY" -m pytest -q -p no:warnings -p no:
 
 echo "== benchmark: bf16, 1024 x 512 x 1,000,000 (floor = three cuBLAS matmuls)"
 TRITON_PRINT_AUTOTUNING=1 timeout 300 "$PY" -m benchmarks --device cuda --dtype bfloat16 --sizes 1024x512x1000000 \
-    --impls floor,auto,chunked,eager,insightface --repeats 20 \
+    --impls floor,auto,triton_fused,chunked,eager,insightface --repeats 20 \
     --max-logits-gb 16 --timeout 120 --out "$OUT_DIR" || status=1
 
 echo "== profile: where the Triton step spends its time"

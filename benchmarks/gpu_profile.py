@@ -1,7 +1,7 @@
 """Where a Triton training step spends its time on CUDA: the step against one cuBLAS x W^T,
 the forward with and without gradients, and the per-kernel CUDA times (torch.profiler).
 
-    python -m benchmarks.gpu_profile [--size 1024x512x1000000]
+    python -m benchmarks.gpu_profile [--size 1024x512x1000000] [--schedule gemm|fused]
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ def median_ms(fn, repeats: int = 10) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1024x512x1000000", help="NxDxC")
+    parser.add_argument("--schedule", default=None, help="gemm or fused (kernels/config.py)")
     args = parser.parse_args(argv)
+    if args.schedule:
+        from margin_softmax.kernels import config
+
+        config.SCHEDULE = args.schedule
     n, d, c = (int(v) for v in args.size.split("x"))
     torch.manual_seed(0)
     w = torch.randn(c, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -48,7 +53,9 @@ def main(argv=None) -> None:
         with torch.no_grad():
             loss()
 
-    print(f"{torch.cuda.get_device_name()}, bf16, N={n} D={d} C={c}")
+    from margin_softmax.kernels import config
+
+    print(f"{torch.cuda.get_device_name()}, bf16, N={n} D={d} C={c}, {config.SCHEDULE} schedule")
     print(f"cuBLAS x W^T          {median_ms(lambda: x.detach() @ w.detach().t()):8.2f} ms")
     print(f"forward, no gradient  {median_ms(forward_without_grad):8.2f} ms")
     print(f"forward + backward    {median_ms(step):8.2f} ms")

@@ -3,7 +3,9 @@
 linear_cross_entropy has no margins, so it runs the NormFace case (m = 0).
 
 - floor: the three bare matmuls of the same shapes, x W^T, G W and G^T x (no softmax).
-- auto, chunked, eager, triton: margin_softmax.margin_cross_entropy with that impl.
+- auto, chunked, eager, triton: margin_softmax.margin_cross_entropy with that impl;
+  triton_fused: impl="triton" with the fused schedule (v in the forward kernel, dW in one
+  kernel) instead of the default GEMM schedule (kernels/config.py).
 - insightface: InsightFace's eager recipe (arcface_torch): a normalised linear, the target
   logit edited under no_grad (straight-through), F.cross_entropy over the materialised logits.
 - pml: PyTorch Metric Learning's ArcFaceLoss (margin in degrees, its own (D, C) weight).
@@ -19,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 SCALE, MARGIN = 64.0, 0.5
-VARIANTS = ("floor", "auto", "chunked", "eager", "triton", "insightface", "pml", "linear_ce")
+VARIANTS = ("floor", "auto", "chunked", "eager", "triton", "triton_fused", "insightface", "pml",
+            "linear_ce")
 HOLDS_LOGITS = ("eager", "insightface", "pml")  # materialise several (N, C) tensors
 
 
@@ -33,10 +36,14 @@ def make_inputs(n: int, d: int, c: int, device: str, dtype: torch.dtype, seed: i
     return x, w, y
 
 
-def _ours(impl):
+def _ours(impl, schedule=None):
     def build(x, w, y):
         from margin_softmax import margin_cross_entropy
 
+        if schedule is not None:  # the Triton path's schedule (kernels/config.py)
+            from margin_softmax.kernels import config
+
+            config.SCHEDULE = schedule
         return lambda: margin_cross_entropy(x, w, y, scale=SCALE, m2=MARGIN, impl=impl).backward()
 
     return build
@@ -95,6 +102,7 @@ BUILDERS = {
     "chunked": _ours("chunked"),
     "eager": _ours("eager"),
     "triton": _ours("triton"),
+    "triton_fused": _ours("triton", schedule="fused"),
     "insightface": _insightface,
     "pml": _pml,
     "linear_ce": _linear_ce,
