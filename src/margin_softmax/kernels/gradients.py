@@ -5,15 +5,15 @@ For each chunk [c0, c1) of about CHUNK_BYTES of H (gradient_tiles.py):
     H      = G * inv                 (N, T)  kernel: logit tile + softmax-gradient epilogue
     dx_hat += H W[c0:c1]             (N, D)  cuBLAS, float32 out
     A      = H^T x_hat               (T, D)  cuBLAS, float32 out; A_j = inv_j dL/dw_hat_j
-    dL/dw_j = A_j - inv_j^2 <w_j, A_j> w_j   (the normalisation backward; none where
+    dL/dw_j = A_j - inv_j^2 <w_j, A_j> w_j   kernel (the normalisation backward; none where
                                               |w_j| <= eps, as F.normalize)
 
 Two of the four N x D x C products (forward logits, backward logits, H W, H^T x_hat) run
 in cuBLAS and the two logit products are GEMM tiles with no (BLOCK, D) accumulator, unlike
 the fused schedule (forward.py's v, backward.py). Memory beyond the inputs and dW: H and A
-for one chunk (CHUNK_BYTES each, about 6% of W + dW at 1024 x 512 x 1M bf16), independent
-of C. Half inputs: H in bfloat16 (as the fused kernels round G for their dot) or, for
-float16, float32 (G * inv can pass 65504).
+for one chunk (CHUNK_BYTES each at D = 512, 3% of W + dW at 1024 x 512 x 1M bf16),
+independent of C. Half inputs: H in bfloat16 (as the fused kernels round G for their dot) or,
+for float16, float32 (G * inv can pass 65504); A is float32 so that dW is rounded once.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..chunked.tiles import matmul_dtype
 from ..functional import NORM_EPS
 from .gradient_tiles import gradient_tile
 
-CHUNK_BYTES = 32 << 20  # H (N, T) of one chunk; A (T, D) float32 is about as large
+CHUNK_BYTES = 32 << 20  # H (N, T) of one chunk; A (T, D) float32 is as large at D = N / 2
 ROWS_PER_PROGRAM = 8  # (8, 512) float32 tiles of A and W: ~108 registers, no spills (sm_90a)
 
 
@@ -36,7 +36,7 @@ ROWS_PER_PROGRAM = 8  # (8, 512) float32 tiles of A and W: ~108 registers, no sp
 def unit_rows_grad_kernel(A, W, INV, OUT, T, D, stride_a, stride_wc, stride_wd, stride_o,
                           EPS: tl.constexpr, BLOCK: tl.constexpr, DV: tl.constexpr):
     """OUT[j] = A[j] - inv_j^2 <W[j], A[j]> W[j] for BLOCK rows (the radial part only where
-    |w_j| > eps, i.e. inv_j * eps < 1), A float32, OUT in W's dtype."""
+    |w_j| > eps, i.e. inv_j * eps < 1); A float32, OUT in W's dtype."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     cols = tl.arange(0, DV)
     mask = (rows < T)[:, None] & (cols < D)[None, :]
@@ -100,13 +100,12 @@ def gradients(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor, r: torch
         w = weight[start:stop].to(mm)  # (T, D); a copy only for float16
         if want_dx:
             dx += mm_float32(h, w)
-        if want_dw:
-            a = mm_float32(h.t(), x_mm)  # (T, D) float32
+        if want_dw:  # A in float32: rounded to bfloat16 before the projection, dW's error
+            a = mm_float32(h.t(), x_mm)  # (T, D)    was 1.5x eager's (single rounding: 1x)
             grid = (triton.cdiv(stop - start, ROWS_PER_PROGRAM),)
             unit_rows_grad_kernel[grid](
                 a, weight[start:], inv[start:], dw[start:], stop - start, dim, a.stride(0),
                 weight.stride(0), weight.stride(1), dw.stride(0), EPS=NORM_EPS,
-                BLOCK=ROWS_PER_PROGRAM,
-                DV=triton.next_power_of_2(dim),
+                BLOCK=ROWS_PER_PROGRAM, DV=triton.next_power_of_2(dim),
             )
     return dx, dw
