@@ -1,6 +1,9 @@
-"""The trainer: determinism, exact resume (also with a margin schedule), learning, checkpoints."""
+"""The trainer: determinism, exact resume (also with a margin schedule), learning, checkpoints,
+devices."""
 
 import math
+import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from margin_softmax.training import (
     embed,
     fit,
     load_checkpoint,
+    resolve_device,
+    save_checkpoint,
 )
 
 CONFIG = TrainConfig(epochs=4, batch_size=32, hidden_dim=32, embedding_dim=8, seed=3)
@@ -119,3 +124,77 @@ def test_bad_checkpoints_name_the_file(dataset, tmp_path):
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / CHECKPOINT_NAME)
+
+
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^device cuda:0: CUDA is not available on this "
+                       r"machine \(use device cpu\)$"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="--device cuda:2: this machine has 2 CUDA device"):
+        resolve_device("cuda:2", name="--device")
+
+
+@pytest.mark.parametrize("device", ["gpu", "CUDA", "cuda:", "cuda:-1", "cuda:x", " cpu", "",
+                                    "mps", "cpu:0", None], ids=repr)
+def test_malformed_devices_are_named(dataset, device):
+    with pytest.raises(ValueError, match=rf"^device {re.escape(repr(device))}: expected auto, "
+                       "cpu, cuda or cuda:N$"):
+        resolve_device(device)
+    model = build_model(8, CONFIG)
+    before = model.layers[0].weight.clone()
+    with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
+        fit(model, build_head("arcface", 8, 10), *dataset, replace(CONFIG, device=device),
+            progress=False)
+    assert torch.equal(model.layers[0].weight, before)  # refused before the first step
+
+
+def test_device_cpu_is_the_default_here(dataset):
+    if torch.cuda.is_available():
+        pytest.skip("the default is cuda on this machine")
+    default, cpu = train(dataset), train(dataset, config=replace(CONFIG, device="cpu"))
+    assert_same_weights(default[:2], cpu[:2])
+    assert default[2].epoch_losses == cpu[2].epoch_losses
+    np.testing.assert_array_equal(embed(default[0], dataset[0]), embed(cpu[0], dataset[0]))
+
+
+def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(dataset, tmp_path, monkeypatch):
+    whole = train(dataset, "elastic-arcface")
+    path = tmp_path / CHECKPOINT_NAME
+    train(dataset, "elastic-arcface", checkpoint_dir=tmp_path, stop_after=1)
+    state = load_checkpoint(path)
+    with monkeypatch.context() as patch:  # every tensor marked as saved on cuda:0
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        save_checkpoint(path, state)
+    if not torch.cuda.is_available():  # the file really asks for a GPU
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    loaded = load_checkpoint(path)
+    assert all(v.device.type == "cpu" for v in loaded["model"].values())
+    resumed = train(dataset, "elastic-arcface", config=replace(CONFIG, device="cpu"),
+                    checkpoint_dir=tmp_path, resume=True)
+    assert_same_weights(whole[:2], resumed[:2])
+    assert resumed[2].epoch_losses == whole[2].epoch_losses
+
+
+@pytest.mark.gpu
+def test_fit_on_cuda_then_resume_on_the_cpu(dataset, tmp_path):
+    cuda = replace(CONFIG, device="cuda")
+    whole_cpu = train(dataset, config=replace(CONFIG, device="cpu"))
+    model, head, part = train(dataset, config=cuda, checkpoint_dir=tmp_path, stop_after=2)
+    assert next(model.parameters()).is_cuda and head.weight.is_cuda
+    out = embed(model, dataset[0])
+    assert isinstance(out, np.ndarray) and out.shape == (120, CONFIG.embedding_dim)
+    model, head, resumed = train(dataset, config=replace(CONFIG, device="cpu"),
+                                 checkpoint_dir=tmp_path, resume=True)
+    assert not next(model.parameters()).is_cuda
+    assert resumed.epoch_losses[:2] == part.epoch_losses
+    np.testing.assert_allclose(resumed.epoch_losses, whole_cpu[2].epoch_losses, rtol=1e-3)
+    np.testing.assert_allclose(embed(model, dataset[0]), embed(whole_cpu[0], dataset[0]),
+                               rtol=1e-2, atol=1e-3)

@@ -9,12 +9,17 @@ cosine learning rate, one progress bar per run, checkpoints that resume exactly.
 Deterministic under ``config.seed`` on one machine: the weights are initialised right after
 ``torch.manual_seed(seed)`` and epoch e shuffles with ``numpy.random.default_rng([seed, e])``,
 so a run resumed from the checkpoint of epoch e repeats the uninterrupted run bit for bit.
+
+``config.device`` ("auto", "cpu", "cuda", "cuda:N") is where fit trains; the weights are
+initialised on the CPU either way. Checkpoints load onto the CPU, so a run started on a GPU
+can be resumed on a CPU-only machine and the other way round.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 CHECKPOINT_NAME = "checkpoint.pt"
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class TrainConfig:
     hidden_dim: int = 256
     embedding_dim: int = 64
     seed: int = 0
+    device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:N"
 
 
 @dataclass
@@ -81,6 +88,26 @@ class EmbeddingNet(nn.Module):
         return self.layers((x.flatten(1) - self.mean) / self.std)  # (N, embedding_dim)
 
 
+def resolve_device(device: str = "auto", name: str = "device") -> torch.device:
+    """'auto' -> cuda when torch.cuda.is_available(), else cpu; 'cpu', 'cuda', 'cuda:N' as
+    given. ValueError naming ``name`` and the value when it is malformed or not on this
+    machine."""
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"{name} {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {device}: CUDA is not available on this machine "
+                             f"(use {name} cpu)")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"{name} {device}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return resolved
+
+
 def build_model(input_dim: int, config: TrainConfig) -> EmbeddingNet:
     """Seed torch with ``config.seed`` and build the network (build the head right after)."""
     torch.manual_seed(config.seed)
@@ -115,7 +142,11 @@ def fit(
     and continues from the next epoch.
     ``stop_after`` ends the run after that many epochs as if interrupted (resume it later).
     ``meta`` is stored in the checkpoint (the caller's settings, to check on resume).
+    The model and the head are moved to ``config.device`` and stay there; so does each batch.
     """
+    device = resolve_device(config.device)
+    model.to(device)
+    head.to(device)
     x_all = torch.as_tensor(np.asarray(features, dtype=np.float32))  # (N, ...)
     y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64))  # (N,)
     n = x_all.shape[0]
@@ -158,7 +189,9 @@ def fit(
             if margin_scheduler is not None:
                 margin_scheduler.step()  # before the forward, as WeSpeaker does
             batch = order[i * config.batch_size : (i + 1) * config.batch_size]  # (B,)
-            loss = head(model(x_all[batch]), y_all[batch])
+            x = x_all[batch].to(device)  # (B, ...)
+            y = y_all[batch].to(device)  # (B,)
+            loss = head(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -194,7 +227,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The state saved by ``fit``; ValueError naming the file when it is missing or unreadable."""
+    """The state saved by ``fit``, its tensors on the CPU wherever they were saved (fit moves
+    them to its device on resume); ValueError naming the file when it is missing or
+    unreadable."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no checkpoint to resume from")
@@ -206,8 +241,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 @torch.no_grad()
 def embed(model: nn.Module, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """model(features) in evaluation mode: (N, embedding_dim) float32."""
+    """model(features) in evaluation mode, on the model's device: (N, embedding_dim) float32
+    NumPy array."""
     model.eval()
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    parts = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    device = next(model.parameters()).device
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))  # (N, ...)
+    parts = [model(x[i : i + batch_size].to(device)).cpu()
+             for i in range(0, x.shape[0], batch_size)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)

@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     num_classes = int(split.train_labels.max()) + 1
     ti, tj, target = data.verification_trials(split.held_out_labels, args.trials, seed=args.seed)
 
-    config = TrainConfig(epochs=args.epochs, seed=args.seed)
+    # CPU: compare has no --device yet, and it reads the trained heads' weights on the CPU
+    config = TrainConfig(epochs=args.epochs, seed=args.seed, device="cpu")
     config_2d = replace(config, embedding_dim=2, epochs=args.epochs_2d, batch_size=64)
     x_2d, y_2d = data_2d(args.dataset, x_train, y_train, args.seed)
     classes_2d = int(y_2d.max()) + 1
