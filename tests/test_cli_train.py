@@ -1,4 +1,4 @@
-"""`margin-softmax train` in-process on tiny data: resume, inputs, exports, clear errors."""
+"""`margin-softmax train` in-process on tiny data: resume, inputs, exports, devices, errors."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ from PIL import Image
 
 from margin_softmax import data
 from margin_softmax.cli.main import main
+from margin_softmax.training import load_checkpoint, save_checkpoint
 
 TINY = ["--epochs", "3", "--batch-size", "16", "--hidden-dim", "16", "--embedding-dim", "4",
         "--threads", "1", "--quiet"]
@@ -145,3 +146,55 @@ def test_missing_and_bad_data_files(tmp_path, capsys):
     np.savez(tmp_path / "nan.npz", features=x, labels=np.array([0, 1, 0, 1]))
     assert run(["train", tmp_path / "nan.npz", *TINY]) == 2
     assert "nan.npz: row 2 has a NaN or inf" in capsys.readouterr().err
+
+
+def test_device_cpu_is_the_default_here(npz, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the default is cuda on this machine")
+    for name, extra in (("default", []), ("cpu", ["--device", "cpu"])):
+        assert run(["train", npz, *TINY, *extra, "--checkpoint-dir", tmp_path / name,
+                    "--export-embeddings", tmp_path / f"{name}.npy"]) == 0
+        assert "this run on cpu)" in capsys.readouterr().out
+    default, cpu = weights(tmp_path / "default"), weights(tmp_path / "cpu")
+    assert default.keys() == cpu.keys() and all(torch.equal(default[k], cpu[k]) for k in cpu)
+    np.testing.assert_array_equal(np.load(tmp_path / "default.npy"), np.load(tmp_path / "cpu.npy"))
+
+
+@pytest.mark.parametrize("device, count, message", [
+    ("cuda", 0, "--device cuda: CUDA is not available on this machine (use --device cpu)"),
+    ("cuda:0", 0, "--device cuda:0: CUDA is not available on this machine (use --device cpu)"),
+    ("cuda:1", 1, "--device cuda:1: this machine has 1 CUDA device(s), cuda:0 to cuda:0"),
+    ("gpu", 0, "--device 'gpu': expected auto, cpu, cuda or cuda:N"),
+    ("cuda:x", 1, "--device 'cuda:x': expected auto, cpu, cuda or cuda:N"),
+], ids=repr)
+def test_unavailable_or_malformed_device_exits_2(npz, tmp_path, capsys, monkeypatch, device,
+                                                 count, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    ckpt = tmp_path / "ck"
+    assert run(["train", npz, *TINY, "--device", device, "--checkpoint-dir", ckpt]) == 2
+    assert capsys.readouterr().err == f"margin-softmax train: error: {message}\n"
+    assert not ckpt.exists()  # refused before training
+
+
+def test_resume_on_the_cpu_a_run_begun_on_a_gpu(npz, tmp_path, monkeypatch):
+    args = ["train", npz, *TINY, "--loss", "cosface", "--device", "cpu"]
+    assert run([*args, "--checkpoint-dir", tmp_path / "whole"]) == 0
+    part = tmp_path / "part"
+    assert run([*args, "--checkpoint-dir", part, "--stop-after", "1"]) == 0
+    state = load_checkpoint(part / "checkpoint.pt")
+    state["config"]["device"] = "cuda:0"  # as `--device cuda:0` writes it
+    with monkeypatch.context() as patch:  # every tensor marked as saved on cuda:0
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        save_checkpoint(part / "checkpoint.pt", state)
+    assert run([*args, "--checkpoint-dir", part, "--resume"]) == 0
+    whole, resumed = weights(tmp_path / "whole"), weights(part)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.gpu
+def test_train_on_cuda(npz, tmp_path, capsys):
+    out = tmp_path / "e.npy"
+    assert run(["train", npz, *TINY, "--device", "cuda", "--export-embeddings", out]) == 0
+    assert "this run on cuda)" in capsys.readouterr().out
+    assert np.load(out).shape == (48, 4) and np.isfinite(np.load(out)).all()

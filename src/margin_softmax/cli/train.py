@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from ..registry import build_head, head_parameters, loss_names
-from ..training import CHECKPOINT_NAME, TrainConfig, build_model, embed, fit, load_checkpoint
+from ..training import (
+    CHECKPOINT_NAME,
+    TrainConfig,
+    build_model,
+    embed,
+    fit,
+    load_checkpoint,
+    resolve_device,
+)
 from .common import CliError, key_value, parse_value, positive_float, positive_int, set_threads
 from .inputs import read_features, read_train_data
 
@@ -62,6 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="width of the two hidden layers (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed of the weights and the shuffling (default %(default)s)")
+    p.add_argument("--device", default=defaults.device, metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where to train and embed (default auto: cuda when available, else cpu)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p.add_argument("--checkpoint-dir", help=f"write {CHECKPOINT_NAME} here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
@@ -81,6 +91,7 @@ def check_resume(path: Path, meta: dict, config: TrainConfig) -> None:
     state = load_checkpoint(path)
     saved = {**state.get("meta", {}), **state.get("config", {})}
     wanted = {**meta, **asdict(config)}
+    wanted.pop("device")  # a run may move between machines, e.g. from a GPU to a CPU
     diffs = [f"{k}={saved.get(k)!r} there, {v!r} here" for k, v in wanted.items()
              if saved.get(k) != v]
     if diffs:
@@ -120,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--export-embeddings {export}: name must end in .npy or .npz")
         if export.exists() and not args.force:
             raise CliError(f"--export-embeddings {export}: exists; pass --force to replace it")
+    device = resolve_device(args.device, name="--device")  # ValueError: one line, status 2
     set_threads(args.threads)
 
     data = read_train_data(args.data, args.labels, args.image_size)
@@ -132,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, hidden_dim=args.hidden_dim,
-        embedding_dim=args.embedding_dim, seed=args.seed,
+        embedding_dim=args.embedding_dim, seed=args.seed, device=str(device),
     )
     input_dim = int(np.prod(data.features.shape[1:]))
     if int(np.prod(to_embed.shape[1:])) != input_dim:
@@ -161,11 +173,13 @@ def run(args: argparse.Namespace) -> int:
         meta=meta, progress=not args.quiet, desc=args.loss,
     )
     with torch.no_grad():
-        predicted = head.predict(torch.as_tensor(embed(model, data.features))).numpy()
+        trained = torch.as_tensor(embed(model, data.features), device=device)  # (N, D)
+        predicted = head.predict(trained).cpu().numpy()
     accuracy = float(np.mean(predicted == data.labels))
     loss = f"{result.epoch_losses[-1]:.4f}" if result.epoch_losses else "n/a"
     print(f"{args.loss}: {len(data.labels)} samples, {len(data.classes)} classes, "
-          f"{result.epochs_done}/{config.epochs} epochs ({result.seconds:.1f} s this run); "
+          f"{result.epochs_done}/{config.epochs} epochs ({result.seconds:.1f} s this run "
+          f"on {device}); "
           f"final loss {loss}, training accuracy {100 * accuracy:.1f}%")
     if checkpoint is not None:
         print(f"checkpoint: {checkpoint}")
