@@ -15,5 +15,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device; run benchmarks/gpu.sh on a GPU machine")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:  # not keywords: names and ids match too
             item.add_marker(skip)
