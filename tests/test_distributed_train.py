@@ -38,7 +38,8 @@ def test_torchrun_two_ranks_trains_and_saves_every_shard(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     losses = [float(v) for v in re.findall(r"loss (\S+) .* world 2", done.stdout)]
     assert len(losses) == 2 and losses[1] < 0.5 * losses[0], done.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes-0-25.pt", "classes-25-50.pt"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["classes-0-25.pt", "classes-25-50.pt", "trainer.pt"]
     assert load_full(tmp_path).shape == (50, 64)
     assert torch.isfinite(load_full(tmp_path)).all()
 

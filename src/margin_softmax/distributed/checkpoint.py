@@ -1,10 +1,15 @@
-"""Checkpoints of sharded class centres that load into any world size.
+"""Checkpoints of sharded class centres, and their optimizer state, for any world size.
 
 On disk: a directory with one file per shard, ``classes-{start}-{stop}.pt``, each holding
-{"start", "stop", "num_classes", "weight" (stop - start, D)}. A rank loads the rows of its
-own block from whichever files overlap it, so a checkpoint written by 2 ranks loads into 3,
-and a single-process head's full weight is just a checkpoint with one shard. The directory
-must be visible to every rank (a shared file system) when loading into another layout.
+{"start", "stop", "num_classes", "weight" (stop - start, D)}, the head's sampling ``step``
+when it has one, and, when saved with an optimizer, "optimizer": {"rows": the state tensors
+of the weight shaped like it, as (stop - start, D) slices (momentum_buffer, exp_avg,
+exp_avg_sq), "other": the rest (Adam's step, the same on every rank)}. A rank loads the rows
+of its own block from whichever files overlap it, so a checkpoint written by 2 ranks loads
+into 3, and a single-process head's full weight is just a checkpoint with one shard. The
+directory must be visible to every rank (a shared file system) when loading into another
+layout. Everything else in the optimizer (the backbone's state, the hyperparameters) is its
+ordinary state_dict: see optimizer_state_without_head.
 """
 
 from __future__ import annotations
@@ -21,23 +26,44 @@ def _shard_path(directory: Path, start: int, stop: int) -> Path:
     return directory / f"classes-{start}-{stop}.pt"
 
 
-def save_weight_shard(
-    directory: str | Path, weight: torch.Tensor, start: int, num_classes: int
-) -> Path:
-    """Write rows [start, start + len(weight)) of the class centres (no collective)."""
+def _split_state(state: dict, weight: torch.Tensor) -> dict:
+    """{"rows": state tensors shaped like ``weight``, "other": everything else}, copied."""
+    rows, other = {}, {}
+    for key, value in state.items():
+        if torch.is_tensor(value):
+            value = value.detach().cpu().clone()
+        if torch.is_tensor(value) and value.shape == weight.shape:
+            rows[key] = value
+        else:
+            other[key] = value
+    return {"rows": rows, "other": other}
+
+
+def save_weight_shard(directory: str | Path, weight: torch.Tensor, start: int,
+                      num_classes: int, step: int | None = None,
+                      optimizer_state: dict | None = None) -> Path:
+    """Write rows [start, start + len(weight)) of the class centres (no collective), with
+    the head's sampling ``step`` and the weight's optimizer state when given."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stop = start + weight.shape[0]
     path = _shard_path(directory, start, stop)
     record = {"start": start, "stop": stop, "num_classes": num_classes,
               "weight": weight.detach().cpu().clone()}
+    if step is not None:
+        record["step"] = step
+    if optimizer_state is not None:
+        record["optimizer"] = _split_state(optimizer_state, weight)
     torch.save(record, path)
     return path
 
 
-def save_sharded(directory: str | Path, head) -> None:
-    """Every rank writes its block of ``head.weight``; returns once all ranks have."""
-    save_weight_shard(directory, head.weight, head.start, head.num_classes)
+def save_sharded(directory: str | Path, head, optimizer=None) -> None:
+    """Every rank writes its block of ``head.weight`` (and, with ``optimizer``, that block's
+    optimizer state); returns once all ranks have."""
+    step = int(head.step) if hasattr(head, "step") else None
+    state = None if optimizer is None else optimizer.state.get(head.weight, {})
+    save_weight_shard(directory, head.weight, head.start, head.num_classes, step, state)
     if rank_and_world_size(head.group)[1] > 1:
         dist.barrier(group=head.group)
 
@@ -59,26 +85,32 @@ def _shards(directory: Path) -> list[tuple[int, int, Path]]:
 
 
 def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    record = torch.load(path, map_location="cpu", weights_only=True)
+    record["path"] = path
+    return record
 
 
-def load_rows(directory: str | Path, start: int, stop: int) -> torch.Tensor:
-    """Rows [start, stop) of the class centres (stop - start, D); reads only the shard
-    files that overlap them."""
+def _block(directory: str | Path, start: int, stop: int) -> list[tuple[dict, slice]]:
+    """(record, its rows in [start, stop)) of every shard file that overlaps the block, in
+    class order; for an empty block, the first file with no rows."""
     shards = _shards(Path(directory))
     parts, filled = [], 0
     for low, high, path in shards:
         low, high = max(start, low), min(stop, high)
         if low < high:
             record = _load(path)
-            parts.append(record["weight"][low - record["start"] : high - record["start"]])
+            parts.append((record, slice(low - record["start"], high - record["start"])))
             filled += high - low
     if filled != stop - start:
         raise ValueError(f"the shards in {directory} do not cover classes [{start}, {stop}) "
                          f"exactly once (found {filled} of {stop - start} rows)")
-    if not parts:  # an empty block
-        return _load(shards[0][2])["weight"][:0]
-    return torch.cat(parts)  # shards are sorted by start
+    return parts or [(_load(shards[0][2]), slice(0, 0))]
+
+
+def load_rows(directory: str | Path, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of the class centres (stop - start, D); reads only the shard
+    files that overlap them."""
+    return torch.cat([record["weight"][rows] for record, rows in _block(directory, start, stop)])
 
 
 def load_full(directory: str | Path) -> torch.Tensor:
@@ -90,12 +122,59 @@ def _num_classes(directory: Path) -> int:
     return max(stop for _, stop, _ in _shards(directory))
 
 
-def load_sharded(directory: str | Path, head) -> None:
-    """Copy this rank's block [head.start, head.stop) into ``head.weight``."""
+def _optimizer_state(parts: list[tuple[dict, slice]], weight: torch.Tensor, group: dict):
+    """The optimizer state of this block's rows: row tensors joined in class order and moved
+    to the weight, the other entries from the first file."""
+    for record, _ in parts:
+        if record.get("optimizer") is None:
+            raise ValueError(f"{record['path']} holds no optimizer state (saved without an "
+                             f"optimizer); load with optimizer=None to restore the weight alone")
+    keys = {tuple(sorted(record["optimizer"]["rows"])) for record, _ in parts}
+    if len(keys) > 1:
+        raise ValueError(f"the shard files disagree on the optimizer state's keys: {keys}")
+    state = {}
+    for key in keys.pop():
+        value = torch.cat([record["optimizer"]["rows"][key][rows] for record, rows in parts])
+        state[key] = value.to(weight) if value.is_floating_point() else value.to(weight.device)
+    on_device = group.get("capturable") or group.get("fused")  # torch keeps step there too
+    for key, value in parts[0][0]["optimizer"]["other"].items():
+        state[key] = value.to(weight.device) if on_device and torch.is_tensor(value) else value
+    return state
+
+
+def load_sharded(directory: str | Path, head, optimizer=None) -> None:
+    """Copy this rank's block [head.start, head.stop) into ``head.weight``, the sampling step
+    into ``head.step``, and, with ``optimizer``, the block's optimizer state into
+    ``optimizer.state[head.weight]``. Call it after ``optimizer.load_state_dict`` (which
+    replaces the whole state). Raises ValueError naming the file when ``optimizer`` is given
+    and a shard was saved without one."""
     num_classes = _num_classes(Path(directory))
     if num_classes != head.num_classes:
         raise ValueError(f"the checkpoint in {directory} has {num_classes} classes, "
                          f"the head has {head.num_classes}")
-    rows = load_rows(directory, head.start, head.stop)
+    parts = _block(directory, head.start, head.stop)
+    state = None
+    if optimizer is not None:
+        group = next((g for g in optimizer.param_groups
+                      if any(p is head.weight for p in g["params"])), None)
+        if group is None:
+            raise ValueError("the head's weight is not among the optimizer's parameters")
+        state = _optimizer_state(parts, head.weight, group)
     with torch.no_grad():
-        head.weight.copy_(rows)
+        head.weight.copy_(torch.cat([record["weight"][rows] for record, rows in parts]))
+        if "step" in parts[0][0] and hasattr(head, "step"):
+            head.step.fill_(parts[0][0]["step"])
+    if state is not None:
+        optimizer.state[head.weight] = state
+
+
+def optimizer_state_without_head(optimizer, head) -> dict:
+    """``optimizer.state_dict()`` without the state of ``head.weight``, which save_sharded
+    writes shard by shard: the backbone's state and every group's hyperparameters. It is the
+    same on every rank of a DDP backbone, so rank 0 saves it; load it with
+    ``optimizer.load_state_dict`` before load_sharded."""
+    state = optimizer.state_dict()
+    flat = [p for group in optimizer.param_groups for p in group["params"]]
+    index = next(i for i, p in enumerate(flat) if p is head.weight)
+    state["state"].pop(index, None)
+    return state

@@ -8,6 +8,12 @@ Data: synthetic identities, a random centre per class in input space plus Gaussi
 each rank draws its own batch every step. ``--timeout`` bounds every wait on another rank
 (init_process_group's timeout): a rank that never joins or dies ends the run with an error
 instead of a hang.
+
+``--save DIR`` writes a checkpoint that ``--resume DIR`` continues in any world size
+(exactly in the same one; the batches depend on the rank): the head's shard files with
+their rows of the momentum buffer (checkpoint.py), and DIR/trainer.pt from rank 0: the step
+count, the backbone's weights and the optimizer's state_dict without the head's rows (the
+backbone's replicas are equal on every rank).
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import os
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import save_sharded
+from .checkpoint import load_sharded, optimizer_state_without_head, save_sharded
 from .partial_fc import PartialFC
 from .sampled_optimizer import SampledRowsOptimizer
 
@@ -53,7 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--save", default=None, help="directory for the sharded head weights")
+    p.add_argument("--save", default=None, help="checkpoint directory written at the end")
+    p.add_argument("--resume", default=None, help="checkpoint directory to continue from; "
+                   "--steps counts from the start of the first run")
     return p.parse_args(argv)
 
 
@@ -99,8 +108,9 @@ def train(args) -> list[float]:
     params = list(backbone.parameters()) + list(head.parameters())
     sgd = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
     optimizer = SampledRowsOptimizer(sgd, head)
+    first = resume(args.resume, backbone, head, optimizer) if args.resume else 0
     losses, start = [], time.perf_counter()
-    for step in range(args.steps):
+    for step in range(first, args.steps):
         x, labels = batch(centres, args, rank, step, device)
         loss = head(backbone(x), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -108,12 +118,35 @@ def train(args) -> list[float]:
         optimizer.step()
         losses.append(float(loss.detach()))
         if rank == 0 and (step % args.log_every == 0 or step == args.steps - 1):
-            ms = 1000 * (time.perf_counter() - start) / (step + 1)
+            ms = 1000 * (time.perf_counter() - start) / (step + 1 - first)
             print(f"step {step:5d}  loss {losses[-1]:.4f}  {ms:.1f} ms/step  world {world}",
                   flush=True)
     if args.save:
-        save_sharded(args.save, head)
+        save(args.save, backbone, head, optimizer, max(first, args.steps))
     return losses
+
+
+def _unwrapped(backbone: nn.Module) -> nn.Module:
+    return backbone.module if isinstance(backbone, DistributedDataParallel) else backbone
+
+
+def save(directory: str, backbone, head: PartialFC, optimizer, step: int) -> None:
+    """Rank 0 writes trainer.pt, then every rank its shard (which ends in a barrier)."""
+    if head.rank == 0:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        torch.save({"step": step, "backbone": _unwrapped(backbone).state_dict(),
+                    "optimizer": optimizer_state_without_head(optimizer, head)},
+                   Path(directory) / "trainer.pt")
+    save_sharded(directory, head, optimizer)
+
+
+def resume(directory: str, backbone, head: PartialFC, optimizer) -> int:
+    """Load a checkpoint written by save() in any world size; returns the next step."""
+    saved = torch.load(Path(directory) / "trainer.pt", map_location="cpu", weights_only=True)
+    _unwrapped(backbone).load_state_dict(saved["backbone"])
+    optimizer.load_state_dict(saved["optimizer"])  # replaces all state: before the head's
+    load_sharded(directory, head, optimizer)
+    return saved["step"]
 
 
 def main(argv=None) -> int:
