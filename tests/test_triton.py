@@ -349,3 +349,60 @@ def test_gpu_bf16_large_index_offsets():
     eager_errors, triton_errors = rel_errors(eager, reference), rel_errors(triton, reference)
     for got, bound in zip(triton_errors, eager_errors, strict=True):
         assert got <= max(2 * bound, 2e-2), (triton_errors, eager_errors)
+
+
+@pytest.mark.parametrize("schedule", ["gemm"], indirect=True)
+@pytest.mark.parametrize("bounds", [(0, 23), (0, 10, 23), (0, 1, 7, 7, 22, 23)])
+def test_triton_shard_primitives_keep_the_shard_contract(schedule, bounds):
+    """The class-sharded head's contract on the Triton primitives: per-shard lse combined by
+    logaddexp, per-shard gradients (with the global lse) summed (x) or concatenated (W), equal
+    the chunked primitives on the whole class set to 1e-5; an empty shard gives -inf and
+    nothing else."""
+    from margin_softmax.chunked import shard_gradients, shard_logsumexp
+    from margin_softmax.kernels.shard import triton_shard_gradients, triton_shard_logsumexp
+
+    x, w, y = problem(6, 23, 5, seed=14)
+    x_hat = functional.normalize(x.double())
+    psi, dpsi = Margin(m2=0.4).psi_and_grad((x_hat * functional.normalize(w.double()[y])).sum(1))
+    r = torch.linspace(10.0, 20.0, 6, dtype=torch.float64)
+    t, row_grad = r * psi, torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    full = shard_logsumexp(x_hat, w.double(), y, t, r)
+    expected = shard_gradients(x_hat, w.double(), y, t, dpsi, r, full, row_grad)[:2]
+    inputs = [v.float().to(DEVICE) for v in (x_hat, t, dpsi, r, row_grad)]
+    x32, t32, dpsi32, r32, g32 = inputs
+    shards = [(w[lo:hi].to(DEVICE), torch.where((y >= lo) & (y < hi), y - lo, -1).to(DEVICE))
+              for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    lse = torch.stack([triton_shard_logsumexp(x32, ws, tl, t32, r32) for ws, tl in shards])
+    combined = torch.logsumexp(lse, 0)
+    assert rel_errors([combined.cpu().double()], [full])[0] < 1e-6
+    empty = [lo == hi for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    assert [bool(torch.isneginf(row).all()) for row in lse] == empty
+    pieces = [triton_shard_gradients(x32, ws, tl, t32, dpsi32, r32, combined, g32)
+              for ws, tl in shards]
+    d_x = sum(p[0] for p in pieces).cpu().double()
+    d_w = torch.cat([p[1] for p in pieces]).cpu().double()
+    assert max(rel_errors([d_x, d_w], list(expected))) < 1e-5
+
+
+@pytest.mark.parametrize("schedule", ["gemm"], indirect=True)
+def test_partial_fc_on_the_triton_primitives(schedule):
+    """PartialFC(impl="triton") in one process equals the eager ArcFace head (float32, 1e-5);
+    "auto" keeps CPU tensors on the chunked primitives; a bad impl names the value."""
+    from margin_softmax.distributed import ArcFacePartialFC
+    from margin_softmax.distributed.sharded_loss import use_triton
+
+    x, w, y = problem(9, 37, 6, seed=15)
+    head = ArcFacePartialFC(6, 37, margin=0.5, scale=16.0, impl="triton").to(DEVICE)
+    with torch.no_grad():
+        head.weight.copy_(w)
+    xs = x.to(DEVICE).requires_grad_()
+    loss = head(xs, y.to(DEVICE))
+    loss.backward()
+    x64, w64 = x.detach().double().requires_grad_(), w.double().requires_grad_()
+    ref = margin_cross_entropy(x64, w64, y, scale=16.0, m2=0.5, fallback="seed", impl="eager")
+    ref.backward()
+    actual = [t.detach().double().cpu() for t in (loss, xs.grad, head.weight.grad)]
+    assert max(rel_errors(actual, [ref.detach(), x64.grad, w64.grad])) < 1e-5
+    assert not use_triton("auto", torch.zeros(2, 3))  # CPU tensors: chunked
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ArcFacePartialFC(6, 37, impl="fused")

@@ -18,7 +18,7 @@ from ..validation import check_scale
 from .comm import gather_rows, rank_and_world_size
 from .handshake import handshake
 from .sampling import check_sample_rate, remap_targets, sample_rows, step_generator
-from .sharded_loss import sharded_margin_cross_entropy
+from .sharded_loss import check_impl, sharded_margin_cross_entropy
 from .sharding import class_range
 
 
@@ -29,6 +29,10 @@ class PartialFC(nn.Module):
     (sharding.py). forward(local_embeddings (n_r, D), local_labels (n_r,)) returns the mean
     loss over the global batch. Gradients: exact for ``weight``; world_size times the exact
     one for the embeddings, which is what a DDP-wrapped backbone needs.
+
+    impl: how each shard's softmax runs: "auto" (the Triton kernels on CUDA where triton
+    imports, else the chunked PyTorch path), "chunked" (block_size classes per tile) or
+    "triton" (sharded_loss.py).
 
     sample_rate < 1 (training mode only): each step keeps every class of the global batch and
     a uniform sample of the other classes (sampling.py); ``sampled_rows`` then holds the rows
@@ -51,6 +55,7 @@ class PartialFC(nn.Module):
         straight_through: bool = False,
         seed: int = 0,
         block_size: int | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         for name, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes)):
@@ -61,6 +66,7 @@ class PartialFC(nn.Module):
         self.scale = check_scale(scale)
         self.sample_rate = check_sample_rate(sample_rate)
         self.group, self.seed, self.block_size = group, seed, block_size
+        self.impl = check_impl(impl)
         self.rank, self.world_size = rank_and_world_size(group)
         self.start, self.stop = class_range(num_classes, self.world_size, self.rank)
         self.weight = nn.Parameter(torch.empty(self.stop - self.start, embedding_dim))
@@ -93,7 +99,8 @@ class PartialFC(nn.Module):
         if amp_dtype is not None:
             weight = weight.to(amp_dtype)
         loss = sharded_margin_cross_entropy(
-            x, weight, local_target, layout, self.scale, self.margin, self.group, self.block_size
+            x, weight, local_target, layout, self.scale, self.margin, self.group, self.block_size,
+            self.impl,
         )
         return loss if amp_dtype is None else loss.float()
 

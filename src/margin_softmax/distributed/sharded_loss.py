@@ -17,6 +17,10 @@ backward, on every rank:
 The gradient returned for x_r is ``world_size * dloss/dx_r``: a backbone wrapped in
 DistributedDataParallel averages its gradients over the W ranks, so it then receives
 exactly the gradient of the global mean loss (see docs/distributed.md).
+
+The two shard primitives come from chunked/shard.py (any device) or, on CUDA, from the
+Triton kernels' GEMM schedule (kernels/shard.py): ``impl`` "auto" picks the latter where
+triton imports and the dtype (not float64) and embedding size fit.
 """
 
 from __future__ import annotations
@@ -29,6 +33,50 @@ from ..functional import compute_dtype
 from ..margins import Margin
 from .comm import all_gather_stack, gather_rows, rank_and_world_size, reduce_scatter_rows
 from .handshake import BatchLayout
+
+IMPLS = ("auto", "chunked", "triton")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def use_triton(impl: str, weight: torch.Tensor) -> bool:
+    """Whether the shard primitives run on the Triton kernels for this weight. "triton" where
+    they cannot run at all raises; float64 and too large an embedding size go to chunked, as
+    in margin_cross_entropy(impl="triton")."""
+    if check_impl(impl) == "chunked":
+        return False
+    from ..kernels import triton_available
+
+    if not triton_available() or (not weight.is_cuda and impl == "auto"):
+        if impl == "triton":
+            raise ValueError("impl='triton' needs the triton package and CUDA tensors (or "
+                             "TRITON_INTERPRET=1); use impl='chunked'")
+        return False
+    from ..kernels.config import fits
+
+    return weight.dtype != torch.float64 and fits(weight.shape[1], weight.dtype)
+
+
+def _logsumexp(x_hat, weight, local_target, t, r, block_size, triton: bool):
+    if triton:
+        from ..kernels.shard import triton_shard_logsumexp
+
+        return triton_shard_logsumexp(x_hat, weight, local_target, t, r)
+    return shard_logsumexp(x_hat, weight, local_target, t, r, block_size)
+
+
+def _gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad, block_size,
+               triton: bool):
+    if triton:
+        from ..kernels.shard import triton_shard_gradients
+
+        return triton_shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad)
+    return shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad, block_size,
+                           need_row_scale_grad=False)
 
 
 def _target_logits(x_hat, weight, local_target, scale: float, margin: Margin):
@@ -48,20 +96,23 @@ def _target_logits(x_hat, weight, local_target, scale: float, margin: Margin):
 
 class ShardedMarginCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, embeddings, weight, local_target, layout, scale, margin, group, block_size):
+    def forward(ctx, embeddings, weight, local_target, layout, scale, margin, group, block_size,
+                impl):
+        triton = use_triton(impl, weight)
         with torch.autocast(embeddings.device.type, enabled=False):
             acc = compute_dtype(embeddings.dtype)
             x_hat, _ = unit_rows(gather_rows(embeddings, layout.sizes, group).to(acc))  # (N, D)
             n = layout.total
             t, dpsi = _target_logits(x_hat, weight, local_target, scale, margin)
             r = torch.full((n,), scale, dtype=acc, device=x_hat.device)  # (N,)
-            lse_here = shard_logsumexp(x_hat, weight, local_target, t, r, block_size)  # (N,)
+            lse_here = _logsumexp(x_hat, weight, local_target, t, r, block_size, triton)
             partial = torch.cat([lse_here.to(acc), t.sum()[None]])  # (N + 1,)
             table = all_gather_stack(partial, group)  # (W, N + 1), the same on every rank
             lse = table[:, :n].logsumexp(0)  # (N,)
             loss = (lse.sum() - table[:, n].sum()) / n
         ctx.save_for_backward(embeddings, weight, local_target, x_hat, t, dpsi, lse)
         ctx.layout, ctx.scale, ctx.group, ctx.block_size = layout, scale, group, block_size
+        ctx.triton = triton
         return loss.to(embeddings.dtype)
 
     @staticmethod
@@ -73,10 +124,9 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
             n = layout.total
             r = torch.full((n,), ctx.scale, dtype=x_hat.dtype, device=x_hat.device)
             row_grad = (grad_output.to(x_hat.dtype) / n).expand(n)  # (N,)
-            d_x_hat, d_weight, _ = shard_gradients(
-                x_hat, weight, local_target, t, dpsi, r, lse, row_grad, ctx.block_size,
-                need_row_scale_grad=False,
-            )
+            d_x_hat, d_weight, _ = _gradients(x_hat, weight, local_target, t, dpsi, r, lse,
+                                              row_grad, ctx.block_size, ctx.triton)
+            d_x_hat = d_x_hat.to(x_hat.dtype)
             d_embeddings = None
             if layout.embeddings_need_grad:  # the same decision on every rank
                 rank, world = rank_and_world_size(group)
@@ -88,7 +138,7 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
                 d_embeddings = d_embeddings.to(embeddings.dtype)
         if not ctx.needs_input_grad[0]:
             d_embeddings = None
-        return d_embeddings, d_weight, None, None, None, None, None, None
+        return d_embeddings, d_weight, None, None, None, None, None, None, None
 
 
 def sharded_margin_cross_entropy(
@@ -100,10 +150,12 @@ def sharded_margin_cross_entropy(
     margin: Margin,
     group=None,
     block_size: int | None = None,
+    impl: str = "auto",
 ) -> torch.Tensor:
     """The global mean loss (a scalar, the same on every rank). embeddings (n_r, D) this
     rank's rows; weight (C_r, D) this rank's classes; local_target (N,) the row of each
-    global sample's class in ``weight``, or -1 where another rank owns it."""
+    global sample's class in ``weight``, or -1 where another rank owns it. impl: the shard
+    primitives, "auto", "chunked" (block_size: classes per tile) or "triton"."""
     return ShardedMarginCrossEntropy.apply(
-        embeddings, weight, local_target, layout, scale, margin, group, block_size
+        embeddings, weight, local_target, layout, scale, margin, group, block_size, impl
     )
