@@ -21,7 +21,7 @@ from .variants import HOLDS_LOGITS, VARIANTS
 DEFAULT_SIZES = {"cpu": "512x256x100000,512x256x1000000", "cuda": "1024x512x1000000"}
 DEFAULT_IMPLS = {
     "cpu": "floor,auto,eager,insightface,pml,linear_ce",
-    "cuda": "floor,auto,triton_fused,chunked,eager,insightface,linear_ce",
+    "cuda": "floor,auto,triton_fused,partial_fc,chunked,eager,insightface,linear_ce",
 }
 
 

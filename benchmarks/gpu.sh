@@ -22,7 +22,7 @@ status=0
 # the numbers first (they matter most if the device time runs out), then the tests
 echo "== benchmark: bf16, 1024 x 512 x 1,000,000 (floor = three cuBLAS matmuls)"
 TRITON_PRINT_AUTOTUNING=1 timeout 240 "$PY" -m benchmarks --device cuda --dtype bfloat16 \
-    --sizes 1024x512x1000000 --impls floor,auto,triton_fused,chunked,eager,insightface \
+    --sizes 1024x512x1000000 --impls floor,auto,triton_fused,partial_fc,chunked,eager,insightface \
     --repeats 20 --max-logits-gb 16 --timeout 100 --out "$OUT_DIR" || status=1
 
 echo "== profile: where the Triton step (GEMM schedule) spends its time"

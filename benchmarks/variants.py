@@ -11,6 +11,8 @@ linear_cross_entropy has no margins, so it runs the NormFace case (m = 0).
 - pml: PyTorch Metric Learning's ArcFaceLoss (margin in degrees, its own (D, C) weight).
 - linear_ce: torch.nn.functional.linear_cross_entropy on normalised inputs, chunked with
   LinearCrossEntropyOptions() (the per-device "auto" chunking and accumulation policy).
+- partial_fc: margin_softmax.distributed.ArcFacePartialFC at world size 1 (no process group),
+  i.e. the sharded head's primitives on one device.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 SCALE, MARGIN = 64.0, 0.5
 VARIANTS = ("floor", "auto", "chunked", "eager", "triton", "triton_fused", "insightface", "pml",
-            "linear_ce")
+            "linear_ce", "partial_fc")
 HOLDS_LOGITS = ("eager", "insightface", "pml")  # materialise several (N, C) tensors
 
 
@@ -96,6 +98,24 @@ def _linear_ce(x, w, y):
     return step
 
 
+def _partial_fc(x, w, y):
+    """The class-sharded ArcFace head at world size 1 (its primitives: impl="auto"), holding
+    w itself as its weight (built on the meta device: no second copy)."""
+    from margin_softmax.distributed import ArcFacePartialFC
+
+    with torch.device("meta"):
+        head = ArcFacePartialFC(w.shape[1], w.shape[0], margin=MARGIN, scale=SCALE,
+                                fallback="none")
+    head.weight = torch.nn.Parameter(w.detach())  # the same storage as w
+    head.step = torch.zeros((), dtype=torch.long, device=w.device)
+
+    def step():
+        head.weight.grad = None
+        head(x, y).backward()
+
+    return step
+
+
 BUILDERS = {
     "floor": _floor,
     "auto": _ours("auto"),
@@ -106,4 +126,5 @@ BUILDERS = {
     "insightface": _insightface,
     "pml": _pml,
     "linear_ce": _linear_ce,
+    "partial_fc": _partial_fc,
 }
