@@ -86,8 +86,8 @@ def main(argv=None) -> None:
             row = Row(variant, size, record.get("median_s"), record.get("peak_mb"))
             row.floor_s, row.floor_mb = floor.get("median_s"), floor.get("floor_mb")
             row.note = record.get("note", "")
-            first = record.get("first_peak_mb")
-            if first and row.peak_mb and first > 1.01 * row.peak_mb:  # autotuning, one-off
+            first = record.get("first_peak_mb")  # CUDA: the warm-up's peak (autotuning)
+            if variant != "floor" and first and row.peak_mb and first > 1.01 * row.peak_mb:
                 row.note = f"first step {first:.0f} MiB"
             rows.append(row)
             print(f"  {variant} {row.size_text}: {row.note or 'done'}", file=sys.stderr)
