@@ -10,6 +10,16 @@ None, so torch.manual_seed makes runs repeat). Its state is saved in state_dict 
 so a resumed run draws what the uninterrupted one would. Eval mode uses the mean margin.
 Only the target logit changes, so impl="chunked" (or "auto" at large N * C) runs without
 the (N, C) logits (heads/eager.py's TargetLogitHead).
+
+ElasticFace+ (plus=True): the N draws of a batch go to the samples by their target cosines
+instead of in draw order. With r the samples ordered by cos_iy descending and m_(1) <= ... <=
+m_(N) the sorted draws:
+
+    plus_order="paper":     m_{r_k} = m_(k)    (the k-th closest sample gets the k-th smallest
+                                                margin: the farthest get the largest)
+    plus_order="official":  m_k = m_(r_k)      (fdbtrs/ElasticFace indexes the sorted draws
+                                                with r; a permutation of the draws unrelated
+                                                to sample k's own cosine)
 """
 
 from __future__ import annotations
@@ -18,15 +28,39 @@ import torch
 
 from .eager import ARC_FALLBACKS, TargetLogitHead, arc_margin, check_choice, check_float
 
+PLUS_ORDERS = ("paper", "official")
+
+
+def plus_margins(draws: torch.Tensor, cos_target: torch.Tensor, order: str) -> torch.Tensor:
+    """ElasticFace+'s assignment of the draws (N,) to the samples by their target cosines
+    (N,): "paper" gives the k-th largest cosine the k-th smallest draw; "official" returns
+    sorted_draws[r] with r the cosines' descending sort permutation. No gradient."""
+    with torch.no_grad():
+        rank = torch.argsort(cos_target, descending=True, stable=True)  # (N,) closest first
+        ascending = torch.sort(draws).values  # (N,)
+        if order == "official":
+            return ascending[rank]
+        out = torch.empty_like(ascending)
+        out[rank] = ascending
+        return out
+
 
 class _ElasticHead(TargetLogitHead):
     """Shared: the generator, the draws, and the target logit (draws in training, the mean
     margin in eval and in ``logits``)."""
 
-    def __init__(self, embedding_dim, num_classes, *, margin, std, scale, seed, impl):
+    def __init__(self, embedding_dim, num_classes, *, margin, std, scale, plus, plus_order,
+                 seed, impl):
         super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
         self.margin = check_float("margin", margin, 0.0, torch.pi, high_open=True)
         self.std = check_float("std", std, 0.0)
+        if not isinstance(plus, bool):
+            raise TypeError(f"plus must be a bool, got {plus!r}")
+        check_choice("plus_order", plus_order, PLUS_ORDERS)
+        if plus_order != "paper" and not plus:
+            raise ValueError(f"plus_order={plus_order!r} needs plus=True")
+        self.plus = plus
+        self.plus_order = plus_order
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()))
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -49,6 +83,8 @@ class _ElasticHead(TargetLogitHead):
 
     def training_target_logit(self, cos_target, embeddings):
         m = self.draw_margins(cos_target.shape[0]).to(cos_target.device, cos_target.dtype)
+        if self.plus:
+            m = plus_margins(m, cos_target.detach(), self.plus_order)  # (N,)
         return self.scale * self.margin_target(cos_target, m)
 
     def get_extra_state(self) -> dict:
@@ -58,13 +94,15 @@ class _ElasticHead(TargetLogitHead):
         self.generator.set_state(state["generator"])
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, margin={self.margin}, std={self.std}"
+        plus = f", plus=True, plus_order={self.plus_order!r}" if self.plus else ""
+        return f"{super().extra_repr()}, margin={self.margin}, std={self.std}{plus}"
 
 
 class ElasticArcFace(_ElasticHead):
     """ElasticFace-Arc: cos(theta + m_i). Defaults from the official config (s = 64,
-    m = 0.5, std = 0.05). fallback: "none" (official: cos(theta + m) as it is) or one of
-    ArcFace's ("seed", "continuous", "easy")."""
+    m = 0.5, std = 0.05; ElasticFace-Arc+ uses std = 0.0175). fallback: "none" (official:
+    cos(theta + m) as it is) or one of ArcFace's ("seed", "continuous", "easy"). plus,
+    plus_order: ElasticFace+ (module docstring)."""
 
     def __init__(
         self,
@@ -75,11 +113,13 @@ class ElasticArcFace(_ElasticHead):
         std: float = 0.05,
         scale: float = 64.0,
         fallback: str = "none",
+        plus: bool = False,
+        plus_order: str = "paper",
         seed: int | None = None,
         impl: str = "auto",
     ) -> None:
         super().__init__(embedding_dim, num_classes, margin=margin, std=std, scale=scale,
-                         seed=seed, impl=impl)
+                         plus=plus, plus_order=plus_order, seed=seed, impl=impl)
         check_choice("fallback", fallback, ARC_FALLBACKS)
         self.fallback = fallback
 
@@ -89,7 +129,8 @@ class ElasticArcFace(_ElasticHead):
 
 class ElasticCosFace(_ElasticHead):
     """ElasticFace-Cos: cos - m_i. Defaults from the official config (s = 64, m = 0.35,
-    std = 0.05)."""
+    std = 0.05; ElasticFace-Cos+ uses std = 0.02). plus, plus_order: ElasticFace+ (module
+    docstring)."""
 
     def __init__(
         self,
@@ -99,11 +140,13 @@ class ElasticCosFace(_ElasticHead):
         margin: float = 0.35,
         std: float = 0.05,
         scale: float = 64.0,
+        plus: bool = False,
+        plus_order: str = "paper",
         seed: int | None = None,
         impl: str = "auto",
     ) -> None:
         super().__init__(embedding_dim, num_classes, margin=margin, std=std, scale=scale,
-                         seed=seed, impl=impl)
+                         plus=plus, plus_order=plus_order, seed=seed, impl=impl)
 
     def margin_target(self, cos_target, m):
         return cos_target - m
