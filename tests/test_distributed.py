@@ -8,7 +8,6 @@ tests below compare those against margin_cross_entropy(impl="eager") on the full
 from __future__ import annotations
 
 import os
-import socket
 import time
 import zlib
 from datetime import timedelta
@@ -16,7 +15,7 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_processes import run_ranks
 from torch import nn
 
 from margin_softmax import margin_cross_entropy
@@ -153,25 +152,8 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(world: int, out: str, timeout: float = 120.0) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, world, port, out)) for r in range(world)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    run_ranks(worker, world, out, timeout)
     return [torch.load(f"{out}/rank{r}.pt", weights_only=False) for r in range(world)]
 
 
