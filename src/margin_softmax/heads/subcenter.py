@@ -4,13 +4,20 @@
     logit_iy = s * psi(cos_iy)                                  # ArcFace's cos(theta + m)
     logit_ij = s * cos(theta_ij - hard_margin)   for the top_k non-target j by cos_ij
     logit_ij = s * cos_ij                        otherwise
+
+impl: "eager" builds the (N, C*K) cosines; "chunked" streams tiles of classes
+(chunked/subcenters.py) and never holds (N, C); "auto" picks chunked where N * C * K passes
+the core's threshold (functional.resolve_impl). The inter-top-k penalty selects over all
+classes of a row, so it runs eager: "auto" falls back silently, "chunked" raises.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..chunked.subcenters import chunked_subcenter_cross_entropy
 from ..cleaning import SubCenterCleaning, dominant_centres, find_outliers
+from ..functional import resolve_impl
 from ..margins import Margin, apply_margin
 from .eager import (
     ARC_FALLBACKS,
@@ -30,7 +37,10 @@ class SubCenterArcFace(EagerHead):
     (PyTorch Metric Learning's and WeSpeaker's order). margin in radians (PML takes degrees).
     fallback / straight_through: as ArcFace ("seed" matches PML, "continuous" WeSpeaker).
     hard_margin, top_k: WeSpeaker's inter-top-k penalty (its ``mp``, ``k_top``; 0 = off):
-    the top_k most similar non-target classes get cos(theta - hard_margin)."""
+    the top_k most similar non-target classes get cos(theta - hard_margin).
+    impl: "auto", "eager" or "chunked" (penalty off only; see the module doc)."""
+
+    IMPLS = ("auto", "eager", "chunked")
 
     def __init__(
         self,
@@ -44,7 +54,7 @@ class SubCenterArcFace(EagerHead):
         straight_through: bool = False,
         hard_margin: float = 0.0,
         top_k: int = 0,
-        impl: str = "eager",
+        impl: str = "auto",
     ) -> None:
         super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
         if isinstance(sub_centers, bool) or not isinstance(sub_centers, int) or sub_centers < 1:
@@ -58,6 +68,22 @@ class SubCenterArcFace(EagerHead):
         self.weight = torch.nn.Parameter(torch.empty(num_classes * sub_centers, embedding_dim))
         torch.nn.init.xavier_normal_(self.weight)
         self.margin_spec()
+        self.path(None)  # rejects impl="chunked" with the penalty on
+
+    def path(self, embeddings: torch.Tensor | None) -> str:
+        """"eager" or "chunked" for this batch: functional.resolve_impl's size rule on the
+        N x C*K cosines; the inter-top-k penalty needs eager (an explicit "chunked" raises)."""
+        if self.top_k and self.hard_margin:
+            if self.impl == "chunked":
+                raise ValueError(
+                    "impl='chunked' needs the inter-top-k penalty off (hard_margin == 0 or "
+                    f"top_k == 0), got hard_margin={self.hard_margin!r}, top_k={self.top_k!r}"
+                )
+            return "eager"
+        if embeddings is None:
+            return self.impl
+        return resolve_impl(self.impl, embeddings, self.num_classes * self.sub_centers,
+                            plain=True)
 
     def margin_spec(self) -> Margin:
         """The target's Margin (validates ``margin``, which a scheduler may change)."""
@@ -69,6 +95,15 @@ class SubCenterArcFace(EagerHead):
         cos = super().cosine(embeddings, weight)  # (N, C*K)
         cos = cos.view(cos.shape[0], self.num_classes, self.sub_centers)  # (N, C, K)
         return cos.max(dim=2).values  # (N, C); the gradient goes to the best sub-centre
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x, weight, y, out_dtype = self._inputs(embeddings, labels)  # validated
+        if x.shape[0] == 0 or self.path(x) == "eager":
+            return super().forward(embeddings, labels)
+        loss = chunked_subcenter_cross_entropy(
+            x, weight, y, self.scale, self.margin_spec(), self.sub_centers
+        )
+        return loss.to(out_dtype)
 
     def training_logits(self, cos, labels, embeddings):
         psi = apply_margin(target_of(cos, labels), self.margin_spec())  # (N,)
