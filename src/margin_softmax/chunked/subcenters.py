@@ -40,6 +40,13 @@ def tile_classes(n_rows: int, sub_centers: int) -> int:
     return max(1, TILE_ELEMENTS // max(1, n_rows * sub_centers))
 
 
+def _ranges(weight: torch.Tensor, k: int, tile: int):
+    """(a, b) of every tile of classes."""
+    num_classes = weight.shape[0] // k
+    for a in range(0, num_classes, tile):
+        yield a, min(a + tile, num_classes)
+
+
 def _tile_cosines(weight, a, b, k, x_hat):
     """(w_hat (T*K, D), |w| (T*K,), cos (T, N), argmax sub-centre (T, N)) of classes [a, b)."""
     w_hat, w_norm = unit_rows(weight[a * k : b * k].to(x_hat.dtype))  # (T*K, D), (T*K,)
@@ -75,8 +82,7 @@ class SubCenterCrossEntropy(torch.autograd.Function):
             # sweep 1: lse over the non-target classes, tile by tile, then the target
             lse = torch.full((n,), -torch.inf, dtype=acc, device=x_hat.device)  # (N,)
             tile = tile_classes(n, k)
-            for a in range(0, weight.shape[0] // k, tile):
-                b = min(a + tile, weight.shape[0] // k)
+            for a, b in _ranges(weight, k, tile):
                 logit = scale * _tile_cosines(weight, a, b, k, x_hat)[2]  # (T, N)
                 logit[_target_cells(labels, a, b)] = -torch.inf
                 m = logit.amax(0).clamp_min(torch.finfo(acc).min)  # (N,) finite if all -inf
@@ -115,8 +121,7 @@ class SubCenterCrossEntropy(torch.autograd.Function):
 
             # sweep 2: the non-target cells, tile by tile
             d_weight = torch.empty_like(weight)  # (C*K, D); each tile's rows written once
-            for a in range(0, weight.shape[0] // k, tile):
-                b = min(a + tile, weight.shape[0] // k)
+            for a, b in _ranges(weight, k, tile):
                 w_hat, w_norm, cos, best = _tile_cosines(weight, a, b, k, x_hat)
                 logit = (scale * cos).sub_(lse)  # (T, N) logit - lse
                 logit[_target_cells(labels, a, b)] = -torch.inf
