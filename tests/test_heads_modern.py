@@ -114,7 +114,7 @@ BAD = [
     (ms.SubCenterArcFace, dict(margin=4.0), "margin.*4.0"),
     (ms.SubCenterArcFace, dict(fallback="bogus"), "fallback.*bogus"),
     (ms.SubCenterArcFace, dict(scale=-1.0), "scale.*-1.0"),
-    (ms.SubCenterArcFace, dict(impl="chunked"), "impl.*chunked"),
+    (ms.SubCenterArcFace, dict(impl="chunked", hard_margin=0.1, top_k=2), "impl.*chunked"),
     (ms.CurricularFace, dict(momentum=1.5), "momentum.*1.5"),
     (ms.CurricularFace, dict(margin=-0.2), "margin.*-0.2"),
     (ms.AdaFace, dict(h=-1.0), "h .*-1.0"),
