@@ -10,6 +10,7 @@ from test_chunked import LargestAllocation, assert_close_rel, force_schedule
 import margin_softmax as ms
 from margin_softmax.chunked import plan
 from margin_softmax.functional import target_cosines, target_cross_entropy
+from margin_softmax.heads.curricularface import HardNegatives
 
 N, C, D = 11, 37, 6
 
@@ -185,9 +186,10 @@ def test_bad_inputs_name_the_argument():
     x, w, y = problem()
     t = torch.zeros(N, dtype=torch.float64)
     with pytest.raises(ValueError, match="impl.*triton"):
-        ms.AdaFace(D, C, impl="triton")
-    with pytest.raises(ValueError, match="impl='triton'"):
-        target_cross_entropy(x, w, y, t, scale=30.0, impl="triton")
+        ms.CurricularFace(D, C, impl="triton")  # the kernels have no hard-negative transform
+    hard = HardNegatives(torch.tensor(0.1, dtype=torch.float64), torch.zeros_like(t))
+    with pytest.raises(ValueError, match="impl='triton' has no non-target transform"):
+        target_cross_entropy(x, w, y, t, scale=30.0, impl="triton", non_target=hard)
     with pytest.raises(ValueError, match=r"target_logit must have shape \(11,\)"):
         target_cross_entropy(x, w, y, t[:3], scale=30.0)
     with pytest.raises(ValueError, match="target_logit contains non-finite"):

@@ -197,8 +197,9 @@ def target_cross_entropy(
     g_i (p_iy - 1) goes back through autograd. f is the identity, or ``non_target``: a
     callable (cos, param) -> (f(cos), f'(cos)), elementwise in torch ops and broadcasting
     param, with a per-row param (N,) in ``non_target.row_param`` (no gradient). impl:
-    "auto", "eager" (materialises (N, C)) or "chunked" (never does). Returns the loss in the
-    embeddings' dtype."""
+    "auto", "eager" (materialises (N, C)), "chunked" (never does) or "triton" (the kernels;
+    not with non_target), "auto" choosing as margin_cross_entropy does (chunked instead of
+    triton with non_target). Returns the loss in the embeddings' dtype."""
     embeddings, weight, labels, out_dtype = checked_inputs(embeddings, weight, labels, reduction)
     scale = check_scale(scale)
     if not isinstance(target_logit, torch.Tensor) or not target_logit.is_floating_point():
@@ -214,12 +215,20 @@ def target_cross_entropy(
             f"non_target.row_param must have shape {tuple(labels.shape)}, got "
             f"{tuple(non_target.row_param.shape)}"
         )
-    if impl == "triton":
-        raise ValueError("impl='triton' takes a Margin; use 'chunked' for a per-sample target")
+    if impl == "triton" and non_target is not None:
+        raise ValueError("impl='triton' has no non-target transform (non_target, e.g. "
+                         "CurricularFace); use impl='chunked'")
     if embeddings.shape[0] == 0:
         empty = embeddings.sum() * 0 + target_logit.sum() * 0
         return empty.expand(0) if reduction == "none" else empty
-    if resolve_impl(impl, embeddings, weight.shape[0], plain=True) == "chunked":
+    path = resolve_impl(impl, embeddings, weight.shape[0], plain=non_target is not None)
+    if path == "triton":
+        from .kernels import triton_target_cross_entropy
+
+        loss = triton_target_cross_entropy(embeddings, weight, labels, target_logit, scale,
+                                           reduction)
+        return loss.to(out_dtype)
+    if path == "chunked":
         from .chunked import chunked_target_cross_entropy
 
         loss = chunked_target_cross_entropy(

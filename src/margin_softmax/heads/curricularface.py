@@ -36,7 +36,10 @@ class HardNegatives:
 class CurricularFace(TargetLogitHead):
     """CurricularFace with the official code's defaults (m = 0.5, s = 64, momentum 0.01,
     t starting at 0). ``t`` is a buffer (saved in state_dict), updated on each training-mode
-    forward before the logits, frozen in eval mode. impl: "auto", "eager" or "chunked"."""
+    forward before the logits, frozen in eval mode. impl: "auto", "eager" or "chunked" (the
+    Triton kernels have no hard-negative transform)."""
+
+    IMPLS = ("auto", "eager", "chunked")
 
     def __init__(
         self,

@@ -157,11 +157,12 @@ class TargetLogitHead(EagerHead):
     ``target_logit`` from the target cosines cos_iy (N,) and the embeddings (autograd through
     both), and logit_ij = scale * f_i(cos_ij) elsewhere, f the identity or the elementwise
     ``non_target`` transform. forward gathers the N target rows of weight for cos_iy and runs
-    functional.target_cross_entropy: impl "eager", "chunked" (never the (N, C) logits) or
-    "auto" (chunked at large N * C, as the core decides). ``update_state`` receives the
-    target cosines (N,) here."""
+    functional.target_cross_entropy: impl "eager", "chunked" (never the (N, C) logits),
+    "triton" (the kernels, CUDA; not with a non-target transform) or "auto" (as the core
+    decides: triton on CUDA, chunked at large N * C). ``update_state`` receives the target
+    cosines (N,) here."""
 
-    IMPLS = ("auto", "eager", "chunked")
+    IMPLS = ("auto", "eager", "chunked", "triton")
 
     def target_logit(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """t_i (N,) for the current state (eval view; also the training view of ``logits``)."""

@@ -22,6 +22,32 @@ def triton_available() -> bool:
     return torch.cuda.is_available() or _interpreter_requested()
 
 
+def _check_runnable(embeddings: torch.Tensor) -> None:
+    """ValueError unless the kernels can run on these tensors (see triton_available)."""
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("impl='triton' needs the triton package (pip install triton); "
+                         "use impl='chunked' or impl='eager'")
+    if not embeddings.is_cuda and not _interpreter_requested():
+        raise ValueError(f"impl='triton' needs CUDA tensors, got embeddings on "
+                         f"{embeddings.device}; use impl='chunked' on the CPU, or set "
+                         "TRITON_INTERPRET=1 before importing triton to run the kernels in "
+                         "Triton's (slow) interpreter")
+    from .config import interpreted
+
+    if not embeddings.is_cuda and not interpreted():
+        raise ValueError("the Triton kernels were compiled for the GPU (TRITON_INTERPRET was "
+                         "unset when they were first imported); CPU tensors need "
+                         "TRITON_INTERPRET=1 set before that import")
+
+
+def _kernels_fit(embeddings: torch.Tensor, weight: torch.Tensor) -> bool:
+    """False for what the kernels do not cover: float64 (they accumulate in float32) and
+    embedding_dim > 2048 at 16 bits or > 1024 in float32."""
+    from .config import fits
+
+    return embeddings.dtype != torch.float64 and fits(weight.shape[1], weight.dtype)
+
+
 def triton_margin_cross_entropy(
     embeddings: torch.Tensor,
     weight: torch.Tensor,
@@ -36,35 +62,48 @@ def triton_margin_cross_entropy(
     embeddings (N, D) and weight (C, D) float32/bfloat16/float16 on one CUDA device (or CPU
     under TRITON_INTERPRET=1), labels (N,) int64, row_scale (N,) or None (use ``scale``).
     Returns the loss in float32: a scalar, or (N,) for reduction="none". Inputs the kernels
-    do not cover go to the chunked path: float64 (the kernels accumulate in float32) and
-    embedding_dim > 2048 at 16 bits or > 1024 in float32 (the resident tiles would not fit).
+    do not cover (_kernels_fit) go to the chunked path.
     """
-    if importlib.util.find_spec("triton") is None:
-        raise ValueError("impl='triton' needs the triton package (pip install triton); "
-                         "use impl='chunked' or impl='eager'")
-    if not embeddings.is_cuda and not _interpreter_requested():
-        raise ValueError(f"impl='triton' needs CUDA tensors, got embeddings on "
-                         f"{embeddings.device}; use impl='chunked' on the CPU, or set "
-                         "TRITON_INTERPRET=1 before importing triton to run the kernels in "
-                         "Triton's (slow) interpreter")
-    from .config import fits, interpreted
-    from .function import MarginCrossEntropyRows
-
-    if not embeddings.is_cuda and not interpreted():
-        raise ValueError("the Triton kernels were compiled for the GPU (TRITON_INTERPRET was "
-                         "unset when they were first imported); CPU tensors need "
-                         "TRITON_INTERPRET=1 set before that import")
-    if embeddings.dtype == torch.float64 or not fits(weight.shape[1], weight.dtype):
+    _check_runnable(embeddings)
+    if not _kernels_fit(embeddings, weight):
         from ..chunked import chunked_margin_cross_entropy
 
         return chunked_margin_cross_entropy(embeddings, weight, labels, scale, margin,
                                             row_scale, reduction)
     from ..functional import normalize, reduce
+    from .function import MarginCrossEntropyRows
 
     x_hat = normalize(embeddings.float())  # (N, D), norms in float32 as eager does
     if row_scale is None:
         r = torch.full((embeddings.shape[0],), scale, device=embeddings.device)
     else:
         r = row_scale.float()  # (N,), keeps its autograd history (scale * |x|)
-    loss = MarginCrossEntropyRows.apply(x_hat, weight, r, labels, margin)  # (N,)
+    loss = MarginCrossEntropyRows.apply(x_hat, weight, r, labels, margin, None)  # (N,)
+    return reduce(loss, reduction)
+
+
+def triton_target_cross_entropy(
+    embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    target_logit: torch.Tensor,
+    scale: float,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """target_cross_entropy (functional.py; no non-target transform) by the kernels: logits
+    scale * cos_ij off the target, target_logit_i (N,) on it, its gradient g_i (p_iy - 1)
+    back through the caller's autograd. Same inputs and fallbacks as
+    triton_margin_cross_entropy; the loss in float32."""
+    _check_runnable(embeddings)
+    if not _kernels_fit(embeddings, weight):
+        from ..chunked import chunked_target_cross_entropy
+
+        return chunked_target_cross_entropy(embeddings, weight, labels, target_logit, scale,
+                                            reduction)
+    from ..functional import normalize, reduce
+    from .function import MarginCrossEntropyRows
+
+    x_hat = normalize(embeddings.float())  # (N, D)
+    r = torch.full((embeddings.shape[0],), scale, device=embeddings.device)  # (N,)
+    loss = MarginCrossEntropyRows.apply(x_hat, weight, r, labels, None, target_logit)  # (N,)
     return reduce(loss, reduction)

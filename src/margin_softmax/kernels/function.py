@@ -27,20 +27,26 @@ from .norms import row_inv_norms
 
 class MarginCrossEntropyRows(torch.autograd.Function):
     """loss (N,) float32 from x_hat (N, D) (normalised rows, float32 or the weight dtype),
-    weight (C, D) (raw class centres), r (N,) float32 (the per-row scale), labels (N,)."""
+    weight (C, D) (raw class centres), r (N,) float32 (the per-row scale), labels (N,), and
+    either a Margin (l_iy = r_i psi(cos_iy)) or target_logit (N,), the caller's per-sample
+    l_iy with its own autograd (then the target cells add nothing here and the gradient
+    g_i (p_iy - 1) goes back to target_logit)."""
 
     @staticmethod
-    def forward(ctx, x_hat, weight, r, labels, margin: Margin):
+    def forward(ctx, x_hat, weight, r, labels, margin: Margin | None, target_logit=None):
         want_dx, _, want_dr = ctx.needs_input_grad[:3]
         x = x_hat.to(weight.dtype)  # (N, D), the dtype the matmuls run in
         inv = row_inv_norms(weight)  # (C,)
         w_target = weight[labels].float() * inv[labels, None]  # (N, D) w_hat of the targets
-        cos_target = (x_hat.float() * w_target).sum(dim=1)  # (N,)
-        psi, dpsi = margin.psi_and_grad(cos_target)
+        if target_logit is None:
+            cos_target = (x_hat.float() * w_target).sum(dim=1)  # (N,)
+            psi, dpsi = margin.psi_and_grad(cos_target)
+        else:  # l_iy given: psi = l_iy / r for dL/dr, no psi' term in the cells
+            psi, dpsi = target_logit.float() / r, torch.zeros_like(r)
         ctx.schedule = config.SCHEDULE
         want_v = want_dx and ctx.schedule == "fused"  # else dx comes from the backward
         lse_other, cbar, v = non_target_softmax(x, weight, inv, r, labels, want_dr, want_v)
-        logit_target = r * psi  # (N,)
+        logit_target = r * psi if target_logit is None else target_logit.float()  # (N,)
         ctx.save_for_backward(x, weight, inv, r, labels, lse_other, logit_target, psi, dpsi,
                               cbar, v, w_target)
         ctx.x_hat_dtype = x_hat.dtype
@@ -70,4 +76,5 @@ class MarginCrossEntropyRows(torch.autograd.Function):
             dx = dx.to(ctx.x_hat_dtype)
         if want_dr:
             dr = g * other_mass * (cbar - psi)  # g (sum_j p_ij c_ij - psi_i)
-        return dx, dw, dr, None, None
+        d_target = -g * other_mass if ctx.needs_input_grad[5] else None  # g (p_iy - 1)
+        return dx, dw, dr, None, None, d_target
