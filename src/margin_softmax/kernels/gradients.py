@@ -52,15 +52,17 @@ def unit_rows_grad_kernel(A, W, INV, OUT, T, D, stride_a, stride_wc, stride_wd, 
 
 @functools.cache
 def _float32_products(device: torch.device) -> bool:
-    """Whether torch.mm takes out_dtype=float32 for 16-bit inputs here (CUDA, torch >= 2.8)."""
+    """Whether torch.mm takes out_dtype=float32 for 16-bit inputs here (CUDA, torch >= 2.8),
+    probed on operands laid out as the chunks' are (a transposed view, a strided slice) and
+    checked for the right value."""
     if device.type != "cuda":
         return False
-    one = torch.ones(1, 1, device=device, dtype=torch.bfloat16)
+    m = torch.ones(4, 8, device=device, dtype=torch.bfloat16)
     try:
-        torch.mm(one, one, out_dtype=torch.float32)
+        product = torch.mm(m[:, :2].t(), m[:, :3], out_dtype=torch.float32)  # (2, 3)
     except Exception:  # a probe: any refusal (older torch, another backend) means no
         return False
-    return True
+    return product.dtype == torch.float32 and bool((product == 4).all())
 
 
 def mm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
