@@ -49,16 +49,14 @@ def use_triton(impl: str, weight: torch.Tensor) -> bool:
     in margin_cross_entropy(impl="triton")."""
     if check_impl(impl) == "chunked":
         return False
-    from ..kernels import triton_available
+    from ..kernels import kernels_fit, triton_available
 
     if not triton_available() or (not weight.is_cuda and impl == "auto"):
         if impl == "triton":
             raise ValueError("impl='triton' needs the triton package and CUDA tensors (or "
                              "TRITON_INTERPRET=1); use impl='chunked'")
         return False
-    from ..kernels.config import fits
-
-    return weight.dtype != torch.float64 and fits(weight.shape[1], weight.dtype)
+    return kernels_fit(weight)
 
 
 def _logsumexp(x_hat, weight, local_target, t, r, block_size, triton: bool):

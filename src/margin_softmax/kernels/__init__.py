@@ -40,12 +40,13 @@ def _check_runnable(embeddings: torch.Tensor) -> None:
                          "TRITON_INTERPRET=1 set before that import")
 
 
-def _kernels_fit(embeddings: torch.Tensor, weight: torch.Tensor) -> bool:
-    """False for what the kernels do not cover: float64 (they accumulate in float32) and
-    embedding_dim > 2048 at 16 bits or > 1024 in float32."""
+def kernels_fit(weight: torch.Tensor) -> bool:
+    """False for what the kernels do not cover (weight (C, D) in the inputs' dtype): float64
+    (they accumulate in float32) and embedding_dim > 2048 at 16 bits or > 1024 in float32.
+    Needs triton importable."""
     from .config import fits
 
-    return embeddings.dtype != torch.float64 and fits(weight.shape[1], weight.dtype)
+    return weight.dtype != torch.float64 and fits(weight.shape[1], weight.dtype)
 
 
 def triton_margin_cross_entropy(
@@ -62,10 +63,10 @@ def triton_margin_cross_entropy(
     embeddings (N, D) and weight (C, D) float32/bfloat16/float16 on one CUDA device (or CPU
     under TRITON_INTERPRET=1), labels (N,) int64, row_scale (N,) or None (use ``scale``).
     Returns the loss in float32: a scalar, or (N,) for reduction="none". Inputs the kernels
-    do not cover (_kernels_fit) go to the chunked path.
+    do not cover (kernels_fit) go to the chunked path.
     """
     _check_runnable(embeddings)
-    if not _kernels_fit(embeddings, weight):
+    if not kernels_fit(weight):
         from ..chunked import chunked_margin_cross_entropy
 
         return chunked_margin_cross_entropy(embeddings, weight, labels, scale, margin,
@@ -95,7 +96,7 @@ def triton_target_cross_entropy(
     back through the caller's autograd. Same inputs and fallbacks as
     triton_margin_cross_entropy; the loss in float32."""
     _check_runnable(embeddings)
-    if not _kernels_fit(embeddings, weight):
+    if not kernels_fit(weight):
         from ..chunked import chunked_target_cross_entropy
 
         return chunked_target_cross_entropy(embeddings, weight, labels, target_logit, scale,
