@@ -19,18 +19,24 @@ print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton
     || exit 1
 
 status=0
+mkdir -p "$OUT_DIR"  # full logs go there too (the table, the autotuner's picks, the tests)
 # the numbers first (they matter most if the device time runs out), then the tests
 echo "== benchmark: bf16, 1024 x 512 x 1,000,000 (floor = three cuBLAS matmuls)"
-TRITON_PRINT_AUTOTUNING=1 timeout 300 "$PY" -m benchmarks --device cuda --dtype bfloat16 \
+timeout 300 "$PY" -m benchmarks --device cuda --dtype bfloat16 \
     --sizes 1024x512x1000000 --impls floor,auto,triton_fused,partial_fc,chunked,eager,insightface \
-    --repeats 20 --max-logits-gb 16 --timeout 150 --out "$OUT_DIR" || status=1
+    --repeats 20 --max-logits-gb 16 --timeout 150 --out "$OUT_DIR" 2>&1 \
+    | tee "$OUT_DIR/benchmark.log" | grep -v "^  " || status=1
 
-echo "== profile: where the Triton step (GEMM schedule) spends its time"
-timeout 90 "$PY" -m benchmarks.gpu_profile 2>&1 | tail -20 || status=1
+echo "== profile: where the Triton step (GEMM schedule) spends its time; the tuned configs"
+TRITON_PRINT_AUTOTUNING=1 timeout 90 "$PY" -m benchmarks.gpu_profile > "$OUT_DIR/profile.log" 2>&1 \
+    || status=1
+grep -v -i "autotuning" "$OUT_DIR/profile.log" | tail -20
+grep -i "best config" "$OUT_DIR/profile.log" | cut -c1-240
 
 echo "== tests: Triton kernels on CUDA (both schedules, 3 tuning candidates), then gpu-marked"
 MARGIN_SOFTMAX_QUICK_TUNE=1 timeout 200 "$PY" -m pytest -q -p no:warnings -p no:cacheprovider \
-    tests/test_triton.py 2>&1 | tail -25 || status=1
+    tests/test_triton.py 2>&1 | tee "$OUT_DIR/tests-triton.log" | tail -25 || status=1
 MARGIN_SOFTMAX_QUICK_TUNE=1 timeout 120 "$PY" -m pytest -q -p no:warnings -p no:cacheprovider \
-    -m gpu --continue-on-collection-errors tests 2>&1 | tail -25 || status=1
+    -m gpu --continue-on-collection-errors tests 2>&1 | tee "$OUT_DIR/tests-gpu.log" | tail -25 \
+    || status=1
 exit $status
