@@ -71,16 +71,11 @@ def triton_margin_cross_entropy(
 
         return chunked_margin_cross_entropy(embeddings, weight, labels, scale, margin,
                                             row_scale, reduction)
-    from ..functional import normalize, reduce
-    from .function import MarginCrossEntropyRows
-
-    x_hat = normalize(embeddings.float())  # (N, D), norms in float32 as eager does
     if row_scale is None:
         r = torch.full((embeddings.shape[0],), scale, device=embeddings.device)
     else:
         r = row_scale.float()  # (N,), keeps its autograd history (scale * |x|)
-    loss = MarginCrossEntropyRows.apply(x_hat, weight, r, labels, margin, None)  # (N,)
-    return reduce(loss, reduction)
+    return _kernel_loss(embeddings, weight, labels, r, reduction, margin, None)
 
 
 def triton_target_cross_entropy(
@@ -101,10 +96,16 @@ def triton_target_cross_entropy(
 
         return chunked_target_cross_entropy(embeddings, weight, labels, target_logit, scale,
                                             reduction)
+    r = torch.full((embeddings.shape[0],), scale, device=embeddings.device)  # (N,)
+    return _kernel_loss(embeddings, weight, labels, r, reduction, None, target_logit)
+
+
+def _kernel_loss(embeddings, weight, labels, r, reduction, margin, target_logit):
+    """The kernels' Function on x_hat = embeddings / |embeddings| (norms in float32, as
+    eager does), per-row scale r (N,), reduced."""
     from ..functional import normalize, reduce
     from .function import MarginCrossEntropyRows
 
     x_hat = normalize(embeddings.float())  # (N, D)
-    r = torch.full((embeddings.shape[0],), scale, device=embeddings.device)  # (N,)
-    loss = MarginCrossEntropyRows.apply(x_hat, weight, r, labels, None, target_logit)  # (N,)
+    loss = MarginCrossEntropyRows.apply(x_hat, weight, r, labels, margin, target_logit)  # (N,)
     return reduce(loss, reduction)
