@@ -50,8 +50,9 @@ def cosine_logits(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
 def resolve_impl(
     impl: str, embeddings: torch.Tensor, num_classes: int, *, plain: bool = False
 ) -> str:
-    """The path for ``impl``; "auto": triton on CUDA where it imports (margin losses), chunked
-    when N * C is large (measured crossover on CPU, a larger one elsewhere), else eager."""
+    """The path for ``impl``; "auto": triton on CUDA where the kernels run (margin losses; see
+    kernels.auto_picks_triton), chunked when N * C is large (measured crossover on CPU, a
+    larger one elsewhere), else eager."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if plain and impl == "triton":
@@ -59,9 +60,9 @@ def resolve_impl(
     if impl != "auto":
         return impl
     if embeddings.is_cuda and not plain:
-        from .kernels import triton_available
+        from .kernels import auto_picks_triton
 
-        if triton_available():
+        if auto_picks_triton(embeddings.device):
             return "triton"
     cpu = embeddings.device.type == "cpu"
     threshold = AUTO_CHUNK_ELEMENTS_CPU if cpu else AUTO_CHUNK_ELEMENTS

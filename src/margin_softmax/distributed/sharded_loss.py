@@ -49,13 +49,11 @@ def use_triton(impl: str, weight: torch.Tensor) -> bool:
     in margin_cross_entropy(impl="triton")."""
     if check_impl(impl) == "chunked":
         return False
-    from ..kernels import kernels_fit, triton_available
+    from ..kernels import auto_picks_triton, check_runnable, kernels_fit
 
-    if not triton_available() or (not weight.is_cuda and impl == "auto"):
-        if impl == "triton":
-            raise ValueError("impl='triton' needs the triton package and CUDA tensors (or "
-                             "TRITON_INTERPRET=1); use impl='chunked'")
-        return False
+    if impl == "auto":
+        return auto_picks_triton(weight.device) and kernels_fit(weight)
+    check_runnable(weight, "the head's weight")
     return kernels_fit(weight)
 
 

@@ -1,5 +1,6 @@
 """Triton kernels. Importing this package never imports triton; triton_available() says
-whether the kernels can run (triton importable and a CUDA device, or TRITON_INTERPRET=1).
+whether the kernels can run at all (triton importable and a CUDA device, or
+TRITON_INTERPRET=1), auto_picks_triton(device) whether impl="auto" runs them on a device.
 The design is in docs/triton.md."""
 
 from __future__ import annotations
@@ -22,19 +23,46 @@ def triton_available() -> bool:
     return torch.cuda.is_available() or _interpreter_requested()
 
 
-def _check_runnable(embeddings: torch.Tensor) -> None:
-    """ValueError unless the kernels can run on these tensors (see triton_available)."""
+MIN_CAPABILITY = (8, 0)  # Triton >= 3.3 builds for NVIDIA sm_80 and newer; bf16 dots need it
+
+
+def device_unsupported(device: torch.device) -> str | None:
+    """Why the compiled kernels cannot run on this CUDA device, or None. Triton dropped
+    Turing (7.5) and older NVIDIA GPUs in 3.3, and its bfloat16 dots need 8.0. ROCm devices
+    are not refused (the kernels have not run there: auto_picks_triton leaves them out)."""
+    if torch.version.hip is not None:
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) >= MIN_CAPABILITY:
+        return None
+    return (f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor}; "
+            f"the Triton kernels need {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer")
+
+
+def auto_picks_triton(device: torch.device) -> bool:
+    """Whether impl="auto" runs the kernels on tensors of this device: an NVIDIA GPU of
+    compute capability >= 8.0 with triton importable (elsewhere auto takes chunked)."""
+    return (device.type == "cuda" and torch.version.hip is None
+            and importlib.util.find_spec("triton") is not None
+            and device_unsupported(device) is None)
+
+
+def check_runnable(tensor: torch.Tensor, name: str = "embeddings") -> None:
+    """ValueError unless the kernels can run on this tensor's device (see triton_available
+    and device_unsupported); `name` is the argument the message names."""
+    if tensor.is_cuda and (reason := device_unsupported(tensor.device)):
+        raise ValueError(f"impl='triton': {reason}; use impl='chunked'")
     if importlib.util.find_spec("triton") is None:
         raise ValueError("impl='triton' needs the triton package (pip install triton); "
                          "use impl='chunked' or impl='eager'")
-    if not embeddings.is_cuda and not _interpreter_requested():
-        raise ValueError(f"impl='triton' needs CUDA tensors, got embeddings on "
-                         f"{embeddings.device}; use impl='chunked' on the CPU, or set "
+    if not tensor.is_cuda and not _interpreter_requested():
+        raise ValueError(f"impl='triton' needs CUDA tensors, got {name} on "
+                         f"{tensor.device}; use impl='chunked' on the CPU, or set "
                          "TRITON_INTERPRET=1 before importing triton to run the kernels in "
                          "Triton's (slow) interpreter")
     from .config import interpreted
 
-    if not embeddings.is_cuda and not interpreted():
+    if not tensor.is_cuda and not interpreted():
         raise ValueError("the Triton kernels were compiled for the GPU (TRITON_INTERPRET was "
                          "unset when they were first imported); CPU tensors need "
                          "TRITON_INTERPRET=1 set before that import")
@@ -65,7 +93,7 @@ def triton_margin_cross_entropy(
     Returns the loss in float32: a scalar, or (N,) for reduction="none". Inputs the kernels
     do not cover (kernels_fit) go to the chunked path.
     """
-    _check_runnable(embeddings)
+    check_runnable(embeddings)
     if not kernels_fit(weight):
         from ..chunked import chunked_margin_cross_entropy
 
@@ -90,7 +118,7 @@ def triton_target_cross_entropy(
     scale * cos_ij off the target, target_logit_i (N,) on it, its gradient g_i (p_iy - 1)
     back through the caller's autograd. Same inputs and fallbacks as
     triton_margin_cross_entropy; the loss in float32."""
-    _check_runnable(embeddings)
+    check_runnable(embeddings)
     if not kernels_fit(weight):
         from ..chunked import chunked_target_cross_entropy
 

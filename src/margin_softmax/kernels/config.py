@@ -30,7 +30,8 @@ import triton
 from triton import knobs
 
 SCHEDULE = "gemm"  # or "fused" (forward.py's v + backward.py); docs/triton.md compares them
-SHARED_MEMORY_BYTES = 200 * 1024  # leaves room for Triton's own scratch under 227 KiB
+SHARED_MEMORY_FRACTION = 0.875  # of a block's shared memory; the rest is Triton's scratch
+HOPPER_SHARED_MEMORY = 227 * 1024  # per block on an H100 or H200 (for CPU tensors, below)
 MAX_ACCUMULATOR_PER_THREAD = 128
 MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) fits no config
 ROWS_PER_BLOCK_FOR_SPLITS = 64
@@ -96,7 +97,27 @@ def interpreter_config(resident: bool) -> triton.Config:
                          num_warps=1, num_stages=1)
 
 
-def fits_on_chip(config, dv: int, itemsize: int, accumulator: str | None, operand: str) -> bool:
+@functools.cache
+def shared_memory_bytes(device_index: int) -> int:
+    """What the candidates may plan to use of one block's shared memory on this GPU (199 KiB
+    of an H100's or H200's 227, 143 of an A100's 163, 87 of an RTX 4090's 99)."""
+    from triton.runtime import driver
+
+    limit = driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+    return int(limit * SHARED_MEMORY_FRACTION)
+
+
+def _shared_limit(named_args) -> int:
+    """shared_memory_bytes of the GPU holding the kernel's weight; for CPU tensors (the
+    interpreter's one config, scripts/kernel_resources.py compiling for sm_90a) Hopper's."""
+    device = named_args["W"].device
+    if device.type == "cuda":
+        return shared_memory_bytes(device.index or 0)
+    return int(HOPPER_SHARED_MEMORY * SHARED_MEMORY_FRACTION)
+
+
+def fits_on_chip(config, dv: int, itemsize: int, accumulator: str | None, operand: str,
+                 shared_limit: int) -> bool:
     """Whether a config fits in shared memory and (its float32 accumulator, where it keeps
     one: `accumulator` names the block size of its rows) in ~128 registers per thread.
 
@@ -115,9 +136,9 @@ def fits_on_chip(config, dv: int, itemsize: int, accumulator: str | None, operan
         if accumulator is not None:
             shared += config.kwargs[operand] * dv * itemsize + n * c * itemsize
     if accumulator is None:
-        return shared <= SHARED_MEMORY_BYTES
+        return shared <= shared_limit
     per_thread = config.kwargs[accumulator] * dv // (32 * config.num_warps)
-    return shared <= SHARED_MEMORY_BYTES and per_thread <= MAX_ACCUMULATOR_PER_THREAD
+    return shared <= shared_limit and per_thread <= MAX_ACCUMULATOR_PER_THREAD
 
 
 def pruner(accumulator: str, operand: str, flag: str | None):
@@ -128,7 +149,8 @@ def pruner(accumulator: str, operand: str, flag: str | None):
     def prune(configs, named_args, **kwargs):
         dv, itemsize = kwargs["DV"], named_args["W"].element_size()
         held = accumulator if flag is None or kwargs[flag] else None
-        keep = [c for c in configs if fits_on_chip(c, dv, itemsize, held, operand)]
+        limit = _shared_limit(named_args)
+        keep = [c for c in configs if fits_on_chip(c, dv, itemsize, held, operand, limit)]
         for narrowest in (64, 32):  # narrow tiles only where no wider one fits
             wide = [c for c in keep if min(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_C"]) >= narrowest]
             if wide:
@@ -148,10 +170,10 @@ def autotune(key: list[str], accumulator: str, operand: str, flag: str | None = 
 def gemm_prune(configs, named_args, **kwargs):
     """The GEMM-tile candidates whose pipelined K-chunks, stages x (BLOCK_N + BLOCK_C) x
     BLOCK_K operands, fit in shared memory."""
-    itemsize = named_args["W"].element_size()
+    itemsize, limit = named_args["W"].element_size(), _shared_limit(named_args)
     keep = [c for c in configs
             if c.num_stages * (c.kwargs["BLOCK_N"] + c.kwargs["BLOCK_C"]) * c.kwargs["BLOCK_K"]
-            * itemsize <= SHARED_MEMORY_BYTES]
+            * itemsize <= limit]
     return keep or configs[-1:]
 
 
