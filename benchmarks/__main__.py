@@ -41,6 +41,9 @@ def parse_args(argv=None):
         help="skip variants that materialise float32 (N, C) logits bigger than this",
     )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per variant")
+    parser.add_argument("--pairs", type=int, default=5,
+                        help="variant/floor step pairs alternated in each variant's process "
+                        "for the same-process ratio (at most 30 s of them; 0: none)")
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     sizes = (args.sizes or DEFAULT_SIZES[args.device]).split(",")
@@ -64,6 +67,7 @@ def run_child(variant: str, size, args) -> dict:
     command = [sys.executable, "-m", "benchmarks.child", variant, str(n), str(d), str(c)]
     command += ["--device", args.device, "--dtype", args.dtype]
     command += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    command += ["--pairs", str(args.pairs)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -86,6 +90,7 @@ def main(argv=None) -> None:
             row = Row(variant, size, record.get("median_s"), record.get("peak_mb"))
             row.floor_s, row.floor_mb = floor.get("median_s"), floor.get("floor_mb")
             row.note = record.get("note", "")
+            row.interleaved_ratio = record.get("interleaved_ratio")
             first = record.get("first_peak_mb")  # CUDA: the warm-up's peak (autotuning)
             if variant != "floor" and first and row.peak_mb and first > 1.01 * row.peak_mb:
                 row.note = f"first step {first:.0f} MiB"

@@ -3,7 +3,13 @@ Prints one JSON line: the median and all step times, the peak memory (CPU: peak 
 set of this process, which cannot be reset; CUDA: peak allocated over the timed steps), the
 peak up to the end of the warm-up step (first_peak_mb: on CUDA it holds Triton's one-off
 autotuning) and, for the floor, the memory floor (the process or device holding torch, the
-embeddings, the weights and their gradients)."""
+embeddings, the weights and their gradients).
+
+Then, with the peak already taken, the variant's step and the floor's (on inputs of their
+own) alternate for up to --pairs pairs (at least two, then within --pair-seconds):
+interleaved_ratio, the median step over the median floor of those pairs, is the time ratio
+with the machine's drift between processes taken out (on a shared CPU it moves by 10-30%
+from one process to the next)."""
 
 from __future__ import annotations
 
@@ -47,6 +53,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pair-seconds", type=float, default=30.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x, w, y = make_inputs(args.n, args.d, args.c, args.device, getattr(torch, args.dtype))
@@ -73,7 +81,23 @@ def main() -> None:
         "first_peak_mb": first_peak_mb,
         "floor_mb": floor_mb,
     }
+    if args.variant != "floor" and args.pairs > 0:
+        record["interleaved_ratio"] = interleaved_ratio(clean_step, args)
     print(json.dumps(record))
+
+
+def interleaved_ratio(step, args) -> float:
+    """median(step) / median(floor) over alternating pairs (see the module doc)."""
+    inputs = make_inputs(args.n, args.d, args.c, args.device, getattr(torch, args.dtype), seed=1)
+    floor = BUILDERS["floor"](*inputs)
+    floor()  # its warm-up
+    floors, steps, begin = [], [], time.perf_counter()
+    while len(steps) < max(2, args.pairs):
+        if len(steps) >= 2 and time.perf_counter() - begin > args.pair_seconds:
+            break
+        floors.append(timed(floor, args.device))
+        steps.append(timed(step, args.device))
+    return statistics.median(steps) / statistics.median(floors)
 
 
 if __name__ == "__main__":

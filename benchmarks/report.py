@@ -17,6 +17,7 @@ class Row:
     floor_s: float | None = None
     floor_mb: float | None = None
     note: str = ""
+    interleaved_ratio: float | None = None  # time / floor, alternating in one process
 
     @property
     def size_text(self) -> str:
@@ -42,19 +43,21 @@ def _fmt(value, pattern):
 def print_table(rows, args) -> None:
     print(f"\ndevice {args.device}, {args.dtype}, forward + backward, median of {args.repeats}")
     print("time floor: x W^T, G W, G^T x; memory floor: torch + embeddings + weights + grads")
+    print("same process: time / floor with the two alternating in the variant's process")
     header = f"{'variant':12s} {'N x D x C':>18s} {'time s':>8s} {'peak MiB':>9s}"
-    print(header + f" {'time/floor':>10s} {'mem/floor':>9s}  note")
+    print(header + f" {'time/floor':>10s} {'same proc':>9s} {'mem/floor':>9s}  note")
     for row in rows:
         print(
             f"{row.variant:12s} {row.size_text:>18s} {_fmt(row.median_s, '{:.3f}'):>8s} "
             f"{_fmt(row.peak_mb, '{:.0f}'):>9s} {_fmt(row.time_ratio, '{:.2f}'):>10s} "
+            f"{_fmt(row.interleaved_ratio, '{:.2f}'):>9s} "
             f"{_fmt(row.memory_ratio, '{:.2f}'):>9s}  {row.note}"
         )
 
 
 def write_csv(rows, args, path) -> None:
     fields = ["variant", "n", "d", "c", "device", "dtype", "median_s", "peak_mb", "floor_s"]
-    fields += ["floor_mb", "time_ratio", "memory_ratio", "note"]
+    fields += ["floor_mb", "time_ratio", "interleaved_ratio", "memory_ratio", "note"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(fields)
@@ -73,6 +76,7 @@ def write_csv(rows, args, path) -> None:
                     row.floor_s,
                     row.floor_mb,
                     row.time_ratio,
+                    row.interleaved_ratio,
                     row.memory_ratio,
                     row.note,
                 ]

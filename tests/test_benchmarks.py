@@ -1,0 +1,37 @@
+"""The benchmark harness on a tiny problem: every variant runs in its own process and lands
+in the CSV with its ratios, the floor's own ratios are 1, and a variant that cannot run at a
+size is skipped with a note instead of failing the run (the GPU script relies on all that)."""
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_writes_every_variant_with_its_ratios(tmp_path):
+    command = [sys.executable, "-m", "benchmarks", "--sizes", "64x32x1000,16x8x300000",
+               "--impls", "floor,auto,eager,insightface", "--repeats", "1", "--pairs", "2",
+               "--max-logits-gb", "0.01", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "results.csv") as handle:
+        rows = {(r["variant"], r["c"]): r for r in csv.DictReader(handle)}
+    assert (tmp_path / "results.png").stat().st_size > 0
+    assert set(rows) == {(v, c) for v in ("floor", "auto", "eager", "insightface")
+                         for c in ("1000", "300000")}
+    for (variant, c), row in rows.items():
+        if variant in ("eager", "insightface") and c == "300000":  # 16 x 300k floats > 0.01 GB
+            assert row["median_s"] == "" and row["note"].startswith("skipped"), row
+            continue
+        assert float(row["median_s"]) > 0 and float(row["peak_mb"]) > 0, row
+        assert float(row["time_ratio"]) > 0 and float(row["memory_ratio"]) >= 0.5, row
+        if variant == "floor":
+            assert float(row["time_ratio"]) == 1.0 and float(row["memory_ratio"]) == 1.0
+            assert row["interleaved_ratio"] == ""
+        else:
+            assert math.isfinite(float(row["interleaved_ratio"])), row
+            assert float(row["interleaved_ratio"]) > 0
+    assert "same proc" in done.stdout
