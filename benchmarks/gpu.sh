@@ -27,6 +27,14 @@ timeout 300 "$PY" -m benchmarks --device cuda --dtype bfloat16 \
     --repeats 20 --max-logits-gb 16 --timeout 150 --out "$OUT_DIR" 2>&1 \
     | tee "$OUT_DIR/benchmark.log" | grep -v "^  " || status=1
 
+"$PY" - "$OUT_DIR/results.csv" <<'PYEOF' || status=1
+import csv, sys  # which Triton schedule to keep (auto runs config.SCHEDULE, the GEMM one)
+rows = {r["variant"]: r for r in csv.DictReader(open(sys.argv[1]))}
+ms = {k: float(rows[v]["median_s"]) * 1e3 for k, v in (("gemm", "auto"), ("fused", "triton_fused"))
+      if rows.get(v, {}).get("median_s")}
+print("== schedules (ms):", ms, "-> keep", min(ms, key=ms.get) if ms else "none measured")
+PYEOF
+
 echo "== profile: where the Triton step (GEMM schedule) spends its time; the tuned configs"
 TRITON_PRINT_AUTOTUNING=1 timeout 90 "$PY" -m benchmarks.gpu_profile > "$OUT_DIR/profile.log" 2>&1 \
     || status=1
