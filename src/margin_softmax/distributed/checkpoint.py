@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .comm import rank_and_world_size
+from .sharding import class_ranges
 
 
 def _shard_path(directory: Path, start: int, stop: int) -> Path:
@@ -58,9 +59,27 @@ def save_weight_shard(directory: str | Path, weight: torch.Tensor, start: int,
     return path
 
 
+def check_save_directory(directory: str | Path, num_classes: int, world_size: int) -> None:
+    """ValueError unless ``directory`` can take a checkpoint of ``num_classes`` classes in
+    ``world_size`` shards: it must not be a file, nor hold shard files of another layout
+    (they would stay beside the new ones, and no load could read the directory again)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"checkpoint directory {directory} is a file")
+    ours = {_shard_path(directory, a, b).name for a, b in class_ranges(num_classes, world_size)}
+    others = sorted(p.name for p in directory.glob("classes-*-*.pt") if p.name not in ours)
+    if others:
+        names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ValueError(f"{directory} holds shard files of another checkpoint ({names}), which "
+                         f"this save ({world_size} shard(s) of {num_classes} classes) would not "
+                         "replace; save into an empty directory or remove them")
+
+
 def save_sharded(directory: str | Path, head, optimizer=None) -> None:
     """Every rank writes its block of ``head.weight`` (and, with ``optimizer``, that block's
-    optimizer state); returns once all ranks have."""
+    optimizer state); returns once all ranks have. Raises ValueError on every rank, before
+    writing, when ``directory`` holds the shard files of another layout."""
+    check_save_directory(directory, head.num_classes, rank_and_world_size(head.group)[1])
     step = int(head.step) if hasattr(head, "step") else None
     state = None if optimizer is None else optimizer.state.get(head.weight, {})
     save_weight_shard(directory, head.weight, head.start, head.num_classes, step, state)
@@ -70,6 +89,7 @@ def save_sharded(directory: str | Path, head, optimizer=None) -> None:
 
 def save_full(directory: str | Path, weight: torch.Tensor) -> None:
     """Write a full (C, D) weight, e.g. a single-process head's, as a one-shard checkpoint."""
+    check_save_directory(directory, weight.shape[0], 1)
     save_weight_shard(directory, weight, 0, weight.shape[0])
 
 

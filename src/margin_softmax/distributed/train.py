@@ -30,7 +30,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import load_sharded, optimizer_state_without_head, save_sharded
+from .checkpoint import (
+    check_save_directory,
+    load_sharded,
+    optimizer_state_without_head,
+    save_sharded,
+)
 from .partial_fc import PartialFC
 from .sampled_optimizer import SampledRowsOptimizer
 
@@ -109,6 +114,8 @@ def train(args) -> list[float]:
     sgd = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
     optimizer = SampledRowsOptimizer(sgd, head)
     first = resume(args.resume, backbone, head, optimizer) if args.resume else 0
+    if args.save:  # before training, not after it: --resume DIR --save DIR in another layout
+        check_save_directory(args.save, args.classes, world)
     losses, start = [], time.perf_counter()
     for step in range(first, args.steps):
         x, labels = batch(centres, args, rank, step, device)
@@ -131,13 +138,13 @@ def _unwrapped(backbone: nn.Module) -> nn.Module:
 
 
 def save(directory: str, backbone, head: PartialFC, optimizer, step: int) -> None:
-    """Rank 0 writes trainer.pt, then every rank its shard (which ends in a barrier)."""
+    """Every rank writes its shard (save_sharded checks the directory first and ends in a
+    barrier), then rank 0 writes trainer.pt."""
+    save_sharded(directory, head, optimizer)
     if head.rank == 0:
-        Path(directory).mkdir(parents=True, exist_ok=True)
         torch.save({"step": step, "backbone": _unwrapped(backbone).state_dict(),
                     "optimizer": optimizer_state_without_head(optimizer, head)},
                    Path(directory) / "trainer.pt")
-    save_sharded(directory, head, optimizer)
 
 
 def resume(directory: str, backbone, head: PartialFC, optimizer) -> int:

@@ -1,0 +1,38 @@
+"""What a face-recognition user of InsightFace's arcface_torch trips on: checkpoints that stop
+loading, errors that should name the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from margin_softmax.distributed import PartialFC, load_full, save_full, save_sharded
+from margin_softmax.distributed.checkpoint import save_weight_shard
+from margin_softmax.distributed.train import main as train_main
+
+
+def test_saving_over_another_layouts_shards_is_refused_before_writing(tmp_path):
+    weight = torch.randn(10, 4)
+    save_weight_shard(tmp_path, weight[:5], 0, 10)  # a 2-rank checkpoint
+    save_weight_shard(tmp_path, weight[5:], 5, 10)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="another checkpoint"):
+        save_sharded(tmp_path, PartialFC(4, 10))  # one process: classes-0-10.pt beside them
+    with pytest.raises(ValueError, match="another checkpoint"):
+        save_full(tmp_path, weight)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    assert torch.equal(load_full(tmp_path), weight)  # still loads
+    save_sharded(tmp_path / "new", PartialFC(4, 10))  # the same layout again is fine
+    save_sharded(tmp_path / "new", PartialFC(4, 10))
+
+
+def test_train_resume_and_save_into_another_layouts_directory_fails_before_training(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    weight = torch.randn(20, 8)
+    save_weight_shard(ckpt, weight[:10], 0, 20)  # shards of a 2-rank run
+    save_weight_shard(ckpt, weight[10:], 10, 20)
+    args = ["--steps", "2", "--classes", "20", "--embedding-dim", "8", "--batch-size", "4",
+            "--save", str(ckpt)]
+    assert train_main(args) == 1
+    assert sorted(p.name for p in ckpt.iterdir()) == ["classes-0-10.pt", "classes-10-20.pt"]
+    assert torch.equal(load_full(ckpt), weight)
