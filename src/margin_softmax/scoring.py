@@ -78,18 +78,33 @@ def _score(path, line: int, text: str) -> float:
     return value
 
 
+def _kaldi_order(rows: list[tuple[int, list[str]]]) -> bool:
+    """True for Kaldi order (label last), False for VoxCeleb (label first): the order in which
+    every line has a label. Where both fit (row indices 0 and 1 as names), words in the last
+    field mean Kaldi, else VoxCeleb; where neither does, the first line decides."""
+    last = all(fields[2].lower() in LABELS for _, fields in rows)
+    first = all(fields[0].lower() in LABELS for _, fields in rows)
+    if last and first:
+        return any(not fields[2].isdigit() for _, fields in rows)
+    if last or first:
+        return last
+    fields = rows[0][1]
+    return fields[2].lower() in LABELS or fields[0].lower() not in LABELS
+
+
 def read_trials(path: str | os.PathLike) -> Trials:
-    """Trials in Kaldi (``enroll test target``) or VoxCeleb (``1 enroll test``) order; the
-    first line decides which, and every line must follow it."""
+    """Trials in Kaldi (``enroll test target``) or VoxCeleb (``1 enroll test``) order, the
+    order every line fits (so row indices 0 and 1 as names are not taken for labels)."""
     trials = Trials([], [], np.zeros(0, np.int64), [])
-    labels, kaldi = [], None
-    for line, fields in _rows(path):
+    rows = list(_rows(path))
+    for line, fields in rows:
         if len(fields) != 3:
             raise ScoreFileError(
                 path, f"expected 3 fields 'enroll test target|nontarget', got {len(fields)}", line
             )
-        if kaldi is None:
-            kaldi = fields[2].lower() in LABELS or fields[0].lower() not in LABELS
+    kaldi = _kaldi_order(rows) if rows else True
+    labels = []
+    for line, fields in rows:
         enroll, test, label = fields if kaldi else (fields[1], fields[2], fields[0])
         labels.append(_label(path, line, label))
         trials.enroll.append(enroll)

@@ -1,0 +1,46 @@
+"""What a speaker-verification engineer trips on: VoxCeleb-style trial lists over row indices,
+label files, output paths, and option errors of the CLI."""
+
+import numpy as np
+import pytest
+
+from margin_softmax import scoring
+from margin_softmax.cli.main import main
+
+
+def run(argv):
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse errors
+        return exit_.code
+
+
+@pytest.mark.parametrize(
+    "text, enroll, test, labels",
+    [
+        # VoxCeleb order over row indices: the test rows 1 and 0 look like labels
+        ("1 0 1\n0 2 1\n0 3 0\n", ["0", "2", "3"], ["1", "1", "0"], [1, 0, 0]),
+        ("1 0 1\n0 0 2\n1 2 3\n", ["0", "0", "2"], ["1", "2", "3"], [1, 0, 1]),
+        # Kaldi order over row indices stays Kaldi
+        ("0 1 target\n1 0 nontarget\n", ["0", "1"], ["1", "0"], [1, 0]),
+    ],
+)
+def test_trials_over_row_indices_are_read_in_the_order_every_line_fits(
+    tmp_path, text, enroll, test, labels
+):
+    path = tmp_path / "trials.txt"
+    path.write_text(text)
+    trials = scoring.read_trials(path)
+    assert trials.enroll == enroll and trials.test == test
+    np.testing.assert_array_equal(trials.labels, labels)
+
+
+def test_eval_embeddings_npy_with_voxceleb_trials(tmp_path, capsys):
+    # rows 0, 1 on one axis, rows 2, 3 on another: targets (0,1), (2,3) score 1, the
+    # non-targets 0, so EER 0
+    np.save(tmp_path / "e.npy", np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]]))
+    (tmp_path / "t.txt").write_text("1 0 1\n0 0 2\n0 1 3\n1 2 3\n")
+    assert run(["eval", "--embeddings", tmp_path / "e.npy", "--trials", tmp_path / "t.txt",
+                "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"targets": 2' in out and '"eer": 0.0' in out
