@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from margin_softmax.distributed import PartialFC, load_full, save_full, save_sharded
+from margin_softmax.distributed import PartialFC, load_full, load_sharded, save_full, save_sharded
 from margin_softmax.distributed.checkpoint import save_weight_shard
 from margin_softmax.distributed.train import main as train_main
 
@@ -36,3 +36,15 @@ def test_train_resume_and_save_into_another_layouts_directory_fails_before_train
     assert train_main(args) == 1
     assert sorted(p.name for p in ckpt.iterdir()) == ["classes-0-10.pt", "classes-10-20.pt"]
     assert torch.equal(load_full(ckpt), weight)
+
+
+def test_a_missing_last_shard_is_an_error_not_a_smaller_weight(tmp_path):
+    weight = torch.randn(10, 4)
+    save_weight_shard(tmp_path, weight[:5], 0, 10)
+    save_weight_shard(tmp_path, weight[5:], 5, 10)
+    (tmp_path / "classes-5-10.pt").unlink()
+    with pytest.raises(ValueError, match="of 10 classes.*end at class 5.*missing"):
+        load_full(tmp_path)
+    with pytest.raises(ValueError, match="missing"):
+        load_sharded(tmp_path, PartialFC(4, 10))
+

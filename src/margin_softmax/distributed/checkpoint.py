@@ -139,7 +139,14 @@ def load_full(directory: str | Path) -> torch.Tensor:
 
 
 def _num_classes(directory: Path) -> int:
-    return max(stop for _, stop, _ in _shards(directory))
+    """C as every shard file records it; ValueError when the files end before it (the last
+    shards are missing), which the file names alone would not show."""
+    _, stop, path = _shards(directory)[-1]
+    recorded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["num_classes"]
+    if stop != recorded:
+        raise ValueError(f"{path} belongs to a checkpoint of {recorded} classes, but the shard "
+                         f"files in {directory} end at class {stop}: shard files are missing")
+    return recorded
 
 
 def _optimizer_state(parts: list[tuple[dict, slice]], weight: torch.Tensor, group: dict):
