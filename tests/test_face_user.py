@@ -48,3 +48,9 @@ def test_a_missing_last_shard_is_an_error_not_a_smaller_weight(tmp_path):
     with pytest.raises(ValueError, match="missing"):
         load_sharded(tmp_path, PartialFC(4, 10))
 
+
+def test_a_checkpoint_of_another_embedding_size_is_a_value_error(tmp_path):
+    save_sharded(tmp_path, PartialFC(4, 10))
+    head = PartialFC(8, 10)
+    with pytest.raises(ValueError, match="embedding_dim 4, the head has 8"):
+        load_sharded(tmp_path, head)

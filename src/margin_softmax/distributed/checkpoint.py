@@ -180,6 +180,10 @@ def load_sharded(directory: str | Path, head, optimizer=None) -> None:
         raise ValueError(f"the checkpoint in {directory} has {num_classes} classes, "
                          f"the head has {head.num_classes}")
     parts = _block(directory, head.start, head.stop)
+    dim = parts[0][0]["weight"].shape[1]
+    if dim != head.weight.shape[1]:
+        raise ValueError(f"the checkpoint in {directory} has embedding_dim {dim}, the head has "
+                         f"{head.weight.shape[1]}")
     state = None
     if optimizer is not None:
         group = next((g for g in optimizer.param_groups
