@@ -44,3 +44,12 @@ def test_eval_embeddings_npy_with_voxceleb_trials(tmp_path, capsys):
                 "--json"]) == 0
     out = capsys.readouterr().out
     assert '"targets": 2' in out and '"eer": 0.0' in out
+
+
+def test_column_labels_in_an_npz_name_the_shape(tmp_path, capsys):
+    # labels saved as a column (N, 1) used to say "4 labels for 4 feature rows"
+    np.savez(tmp_path / "d.npz", features=np.ones((4, 3), np.float32),
+             labels=np.array([[0], [1], [0], [1]]))
+    assert run(["train", tmp_path / "d.npz", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "d.npz: labels must be 1-D (N,); got shape (4, 1)" in err and err.count("\n") == 1

@@ -102,6 +102,9 @@ def read_arrays(path: Path, labels_path: str | None) -> tuple[np.ndarray, np.nda
         features, labels = loaded, None
     if labels_path is not None:
         labels = read_label_file(labels_path)
+    if labels is not None and labels.ndim != 1:
+        raise CliError(f"{labels_path or path}: labels must be 1-D (N,); got shape "
+                       f"{labels.shape}")
     if labels is not None and labels.shape != (features.shape[0],):
         source = labels_path or path
         raise CliError(f"{source}: {labels.size} labels for {features.shape[0]} feature rows")
