@@ -53,3 +53,26 @@ def test_column_labels_in_an_npz_name_the_shape(tmp_path, capsys):
     assert run(["train", tmp_path / "d.npz", "--epochs", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "d.npz: labels must be 1-D (N,); got shape (4, 1)" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "option, value, fragment",
+    [
+        ("--checkpoint-dir", "afile", "afile is a file, not a folder"),
+        ("--checkpoint-dir", "afile/ck", "afile is a file, not a folder"),
+        ("--export-embeddings", "afile/e.npy", "afile is a file, not a folder"),
+        ("--export-embeddings", "dir.npy", "is a folder; name a file"),
+    ],
+)
+def test_output_paths_that_cannot_be_written_fail_before_training(
+    tmp_path, capsys, monkeypatch, option, value, fragment
+):
+    monkeypatch.chdir(tmp_path)
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    np.savez("d.npz", features=x, labels=np.arange(8) % 2)
+    (tmp_path / "afile").write_text("keep me\n")
+    (tmp_path / "dir.npy").mkdir()
+    assert run(["train", "d.npz", "--epochs", "1", "--quiet", "--force", option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {option} {value}: {fragment}" in err and err.count("\n") == 1
+    assert (tmp_path / "afile").read_text() == "keep me\n"
