@@ -76,3 +76,11 @@ def test_output_paths_that_cannot_be_written_fail_before_training(
     err = capsys.readouterr().err
     assert f"error: {option} {value}: {fragment}" in err and err.count("\n") == 1
     assert (tmp_path / "afile").read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf"])
+def test_a_margin_that_is_not_a_number_names_the_option(tmp_path, capsys, value):
+    np.savez(tmp_path / "d.npz", features=np.ones((4, 3), np.float32), labels=np.arange(4) % 2)
+    assert run(["train", tmp_path / "d.npz", "--epochs", "1", "--quiet", "--margin", value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument --margin: expected a number, got '{value}'" in err

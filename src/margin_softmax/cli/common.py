@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,14 @@ def parse_value(text: str) -> Any:
     except (ValueError, SyntaxError):
         return text
     return value if isinstance(value, (int, float)) else text
+
+
+def number(text: str) -> int | float:
+    """A finite number from the command line: 4 -> int, 0.2 -> float."""
+    value = parse_value(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return value
 
 
 def key_value(text: str) -> tuple[str, Any]:

@@ -26,7 +26,7 @@ from ..training import (
     load_checkpoint,
     resolve_device,
 )
-from .common import CliError, key_value, parse_value, positive_float, positive_int, set_threads
+from .common import CliError, key_value, number, positive_float, positive_int, set_threads
 from .inputs import read_features, read_train_data
 
 
@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=positive_int, metavar="PIXELS",
                    help="resize images to PIXELS x PIXELS (default: all must share one size)")
     p.add_argument("--loss", default="arcface", help=f"one of {', '.join(loss_names())}")
-    p.add_argument("--margin", type=parse_value, help="the head's margin (radians; an integer "
+    p.add_argument("--margin", type=number, help="the head's margin (radians; an integer "
                    "for sphereface)")
     p.add_argument("--scale", type=positive_float, help="the head's scale s")
     p.add_argument("--param", type=key_value, action="append", default=[], metavar="NAME=VALUE",
