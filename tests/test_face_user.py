@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from margin_softmax.distributed import PartialFC, load_full, load_sharded, save_full, save_sharded
+from margin_softmax.distributed import (
+    PartialFC,
+    SampledRowsOptimizer,
+    load_full,
+    load_sharded,
+    save_full,
+    save_sharded,
+)
 from margin_softmax.distributed.checkpoint import save_weight_shard
 from margin_softmax.distributed.train import main as train_main
 
@@ -54,3 +61,22 @@ def test_a_checkpoint_of_another_embedding_size_is_a_value_error(tmp_path):
     head = PartialFC(8, 10)
     with pytest.raises(ValueError, match="embedding_dim 4, the head has 8"):
         load_sharded(tmp_path, head)
+
+
+def test_gradient_accumulation_over_two_samples_steps_the_rows_of_both():
+    """arcface_torch's gradient_acc: two forwards (two Partial FC samples), then one step."""
+    head = PartialFC(5, 40, m2=0.5, scale=30.0, sample_rate=0.25).double()
+    optimizer = SampledRowsOptimizer(torch.optim.SGD(head.parameters(), lr=0.1), head)
+    g = torch.Generator().manual_seed(0)
+    x, labels = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.arange(6)
+    before = head.weight.detach().clone()
+    head(x, labels).backward()
+    first = head.sampled_rows
+    head(x, labels + 20).backward()
+    assert set(first.tolist()) - set(head.sampled_rows.tolist())  # the samples differ
+    used = torch.zeros(40, dtype=torch.bool)
+    used[first], used[head.sampled_rows] = True, True
+    expected = before - 0.1 * head.weight.grad  # plain SGD on the rows of either sample
+    optimizer.step()
+    torch.testing.assert_close(head.weight.detach()[used], expected[used], atol=1e-15, rtol=0)
+    assert torch.equal(head.weight.detach()[~used], before[~used])

@@ -9,7 +9,9 @@ wrapper runs the wrapped optimizer's own step on the sampled rows only:
     weight[rows] = sub; state(weight)[rows] = state(sub)
 
 so the other rows and their optimizer state stay bit-for-bit unchanged, whatever the rule
-(SGD, momentum, weight decay, Adam, AdamW). State tensors shaped like the weight are sliced;
+(SGD, momentum, weight decay, Adam, AdamW). ``rows`` also takes every row with a non-zero
+gradient, so gradient accumulation over several forwards (several samples) before one step
+updates the union of their samples. State tensors shaped like the weight are sliced;
 other state (Adam's step count) is shared by the whole weight. Every other parameter of the
 optimizer (the backbone) takes its usual step in the same call.
 """
@@ -41,6 +43,11 @@ class SampledRowsOptimizer:
         rows, weight = self.head.sampled_rows, self.head.weight
         if rows is None or weight.grad is None:
             return self.optimizer.step(closure)
+        # rows with a gradient from earlier forwards since zero_grad (gradient accumulation
+        # over micro-batches, each with its own sample) step too, not only the last sample
+        touched = weight.grad.any(dim=1)  # (C_r,)
+        touched[rows] = True
+        rows = touched.nonzero().squeeze(1)  # (K,) sorted
         params = self.group["params"]
         slot = next(i for i, p in enumerate(params) if p is weight)
         state = self.optimizer.state.pop(weight, {})
