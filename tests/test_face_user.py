@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import margin_softmax as ms
 from margin_softmax.distributed import (
     PartialFC,
     SampledRowsOptimizer,
@@ -80,3 +81,13 @@ def test_gradient_accumulation_over_two_samples_steps_the_rows_of_both():
     optimizer.step()
     torch.testing.assert_close(head.weight.detach()[used], expected[used], atol=1e-15, rtol=0)
     assert torch.equal(head.weight.detach()[~used], before[~used])
+
+
+@pytest.mark.parametrize("value", ["False", 1, None])
+def test_straight_through_must_be_a_bool(value):
+    """A config string "False" is truthy: it would silently switch the gradient."""
+    with pytest.raises(TypeError, match="straight_through must be a bool"):
+        ms.ArcFace(4, 10, straight_through=value)
+    with pytest.raises(TypeError, match="straight_through must be a bool"):
+        ms.margin_cross_entropy(torch.randn(2, 4), torch.randn(10, 4), torch.tensor([0, 1]),
+                                scale=64.0, m2=0.5, straight_through=value)

@@ -70,6 +70,8 @@ class Margin:
             raise ValueError(f"m2 (additive angular margin) must be in [0, pi), got {self.m2!r}")
         if self.blend < 0:
             raise ValueError(f"blend (SphereFace's lambda) must be >= 0, got {self.blend!r}")
+        if not isinstance(self.straight_through, bool):  # "False" would be truthy
+            raise TypeError(f"straight_through must be a bool, got {self.straight_through!r}")
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if self.fallback == "seed" and self.m1 != 1:
