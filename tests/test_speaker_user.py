@@ -84,3 +84,15 @@ def test_a_margin_that_is_not_a_number_names_the_option(tmp_path, capsys, value)
     assert run(["train", tmp_path / "d.npz", "--epochs", "1", "--quiet", "--margin", value]) == 2
     err = capsys.readouterr().err
     assert f"argument --margin: expected a number, got '{value}'" in err
+
+
+@pytest.mark.parametrize("value", ["-1", "inf", "nan"])
+def test_a_bad_weight_decay_names_the_option(tmp_path, capsys, value):
+    # -1 used to fail inside AdamW without naming the option; inf trained into NaN
+    # embeddings and blamed the inputs
+    np.savez(tmp_path / "d.npz", features=np.ones((4, 3), np.float32), labels=np.arange(4) % 2)
+    argv = ["train", tmp_path / "d.npz", "--epochs", "1", "--quiet", "--weight-decay", value]
+    assert run(argv) == 2
+    assert f"argument --weight-decay: expected a number >= 0, got '{value}'" in (
+        capsys.readouterr().err
+    )

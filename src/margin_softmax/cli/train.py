@@ -26,7 +26,15 @@ from ..training import (
     load_checkpoint,
     resolve_device,
 )
-from .common import CliError, key_value, number, positive_float, positive_int, set_threads
+from .common import (
+    CliError,
+    key_value,
+    nonnegative_float,
+    number,
+    positive_float,
+    positive_int,
+    set_threads,
+)
 from .inputs import read_features, read_train_data
 
 
@@ -62,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="samples per step (default %(default)s)")
     p.add_argument("--lr", type=positive_float, default=defaults.lr,
                    help=f"peak learning rate, cosine decay (default {defaults.lr})")
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+    p.add_argument("--weight-decay", type=nonnegative_float, default=defaults.weight_decay,
                    help="AdamW weight decay (default %(default)s)")
     p.add_argument("--embedding-dim", type=positive_int, default=defaults.embedding_dim,
                    help="embedding size (default %(default)s)")
