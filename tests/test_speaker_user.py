@@ -96,3 +96,10 @@ def test_a_bad_weight_decay_names_the_option(tmp_path, capsys, value):
     assert f"argument --weight-decay: expected a number >= 0, got '{value}'" in (
         capsys.readouterr().err
     )
+
+
+def test_a_margin_schedule_that_ends_before_it_starts_names_the_option(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", features=np.ones((4, 3), np.float32), labels=np.arange(4) % 2)
+    argv = ["train", tmp_path / "d.npz", "--epochs", "1", "--quiet", "--margin-schedule", "5", "2"]
+    assert run(argv) == 2
+    assert "error: --margin-schedule 5 2: END must be >= START" in capsys.readouterr().err

@@ -122,6 +122,8 @@ def margin_scheduler(args: argparse.Namespace, head: torch.nn.Module, steps_per_
     from ..scheduler import MarginScheduler
 
     start, end = args.margin_schedule
+    if end < start:
+        raise CliError(f"--margin-schedule {start} {end}: END must be >= START")
     if not hasattr(head, "margin"):
         raise CliError(f"--margin-schedule: loss {args.loss!r} has no single 'margin' to warm up")
     scheduler = MarginScheduler(
