@@ -3,7 +3,9 @@ label files, output paths, and option errors of the CLI."""
 
 import numpy as np
 import pytest
+import torch
 
+import margin_softmax as ms
 from margin_softmax import scoring
 from margin_softmax.cli.main import main
 
@@ -103,3 +105,17 @@ def test_a_margin_schedule_that_ends_before_it_starts_names_the_option(tmp_path,
     argv = ["train", tmp_path / "d.npz", "--epochs", "1", "--quiet", "--margin-schedule", "5", "2"]
     assert run(argv) == 2
     assert "error: --margin-schedule 5 2: END must be >= START" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("impl", ["eager", "auto"])
+def test_a_scheduled_hard_margin_out_of_range_is_refused_at_the_forward(impl):
+    # WeSpeaker ramps the inter-top-k margin with the margin; a ramp to a negative value
+    # (which would make the hard negatives easier) used to pass silently
+    head = ms.SubCenterArcFace(8, 10, margin=0.2, scale=32.0, top_k=2, impl=impl)
+    scheduler = ms.MarginScheduler(head, iterations_per_epoch=1, increase_start_epoch=1,
+                                   fix_start_epoch=1, final_margin=-0.06,
+                                   attribute="hard_margin")
+    scheduler.step()
+    x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"hard_margin must be a finite float in \[0.0, "):
+        head(x, y)

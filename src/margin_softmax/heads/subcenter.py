@@ -86,8 +86,10 @@ class SubCenterArcFace(EagerHead):
                             plain=True)
 
     def margin_spec(self) -> Margin:
-        """The target's Margin (validates ``margin``, which a scheduler may change)."""
+        """The target's Margin (validates ``margin`` and ``hard_margin``, which a scheduler
+        may change)."""
         check_float("margin", self.margin, 0.0, torch.pi, high_open=True)
+        check_float("hard_margin", self.hard_margin, 0.0, torch.pi, high_open=True)
         fallback = "none" if self.margin == 0 else self.fallback
         return Margin(m2=self.margin, fallback=fallback, straight_through=self.straight_through)
 
