@@ -91,3 +91,10 @@ def test_straight_through_must_be_a_bool(value):
     with pytest.raises(TypeError, match="straight_through must be a bool"):
         ms.margin_cross_entropy(torch.randn(2, 4), torch.randn(10, 4), torch.tensor([0, 1]),
                                 scale=64.0, m2=0.5, straight_through=value)
+
+
+@pytest.mark.parametrize("head", [ms.ArcFace, ms.CosFace, ms.CombinedMargin, ms.NormFace,
+                                  ms.SphereFace, ms.SoftmaxLoss])
+def test_an_unknown_impl_is_refused_by_the_constructor(head):
+    with pytest.raises(ValueError, match="impl must be one of"):
+        head(4, 10, impl="Chunked")

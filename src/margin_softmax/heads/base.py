@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import margin_cross_entropy, margin_logits, predict
+from ..functional import IMPLS, margin_cross_entropy, margin_logits, predict
 from ..margins import Margin
 from ..validation import check_embeddings, check_labels, check_scale
 
@@ -23,6 +23,8 @@ class ClassCentresHead(nn.Module):
     def __init__(self, embedding_dim: int, num_classes: int, *, impl: str = "auto") -> None:
         super().__init__()
         _check_dims(embedding_dim, num_classes)
+        if impl not in IMPLS:  # now, not at the first forward
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.embedding_dim, self.num_classes, self.impl = embedding_dim, num_classes, impl
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_normal_(self.weight)
