@@ -98,3 +98,11 @@ def test_straight_through_must_be_a_bool(value):
 def test_an_unknown_impl_is_refused_by_the_constructor(head):
     with pytest.raises(ValueError, match="impl must be one of"):
         head(4, 10, impl="Chunked")
+
+
+@pytest.mark.parametrize("impl", ["eager", "chunked"])
+def test_a_weight_that_is_not_a_tensor_is_a_type_error(impl):
+    x, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    for weight in (torch.randn(5, 4).numpy(), None):
+        with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+            ms.margin_cross_entropy(x, weight, labels, scale=64.0, m2=0.5, impl=impl)

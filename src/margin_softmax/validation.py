@@ -31,6 +31,8 @@ def check_embeddings(embeddings: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(f"embeddings must be 2-D (N, D), got shape {tuple(embeddings.shape)}")
     if not embeddings.is_floating_point():
         raise TypeError(f"embeddings must be a float tensor, got dtype {embeddings.dtype}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (C, D), got shape {tuple(weight.shape)}")
     if embeddings.shape[1] != weight.shape[1]:
