@@ -119,3 +119,20 @@ def test_a_scheduled_hard_margin_out_of_range_is_refused_at_the_forward(impl):
     x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
     with pytest.raises(ValueError, match=r"hard_margin must be a finite float in \[0.0, "):
         head(x, y)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ms.ElasticArcFace(8, 10, margin=0.2, std=0.01, scale=30.0, seed=0),
+    lambda: ms.ElasticCosFace(8, 10, margin=0.2, std=0.01, scale=30.0, seed=0),
+    lambda: ms.AdaFace(8, 10, margin=0.2, scale=30.0),
+], ids=["elastic-arcface", "elastic-cosface", "adaface"])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_scheduled_margin_out_of_range_is_refused_at_the_forward(make, training):
+    # a final margin given in degrees (as PyTorch Metric Learning takes it): ArcFace and
+    # CurricularFace refuse it at the forward; these heads checked it only at construction
+    head = make().train(training)
+    scheduler = ms.MarginScheduler(head, iterations_per_epoch=1, increase_start_epoch=1,
+                                   fix_start_epoch=1, final_margin=20.0)
+    scheduler.step()
+    with pytest.raises(ValueError, match="margin must be a finite float in"):
+        head(torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))

@@ -66,8 +66,9 @@ class AdaFace(TargetLogitHead):
         return z.clamp(-1.0, 1.0)
 
     def target_logit(self, cos_target, embeddings):
+        m = check_float("margin", self.margin, 0.0, math.pi / 2)  # a scheduler may change it
         z = self.margin_scaler(embeddings).to(cos_target.dtype)  # (N,)
-        g_angular, g_additive = -self.margin * z, self.margin + self.margin * z
+        g_angular, g_additive = -m * z, m + m * z
         theta = torch.acos(cos_target.clamp(-1 + EPS, 1 - EPS))  # (N,)
         psi = torch.cos((theta + g_angular).clamp(EPS, math.pi - EPS)) - g_additive
         return self.scale * psi

@@ -67,10 +67,14 @@ class _ElasticHead(TargetLogitHead):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
         self.generator = torch.Generator().manual_seed(seed)
 
+    def checked_margin(self) -> float:
+        """``margin``, checked again at each forward (a MarginScheduler may change it)."""
+        return check_float("margin", self.margin, 0.0, torch.pi, high_open=True)
+
     def draw_margins(self, n: int) -> torch.Tensor:
         """n margins from N(margin, std) (n,), float64 on the CPU; advances the generator."""
         return torch.empty(n, dtype=torch.float64).normal_(
-            self.margin, self.std, generator=self.generator
+            self.checked_margin(), self.std, generator=self.generator
         )
 
     def margin_target(self, cos_target: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -79,7 +83,8 @@ class _ElasticHead(TargetLogitHead):
 
     def target_logit(self, cos_target, embeddings):
         """Every sample gets the mean margin."""
-        return self.scale * self.margin_target(cos_target, torch.full_like(cos_target, self.margin))
+        m = torch.full_like(cos_target, self.checked_margin())  # (N,)
+        return self.scale * self.margin_target(cos_target, m)
 
     def training_target_logit(self, cos_target, embeddings):
         m = self.draw_margins(cos_target.shape[0]).to(cos_target.device, cos_target.dtype)
