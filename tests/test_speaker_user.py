@@ -136,3 +136,11 @@ def test_a_scheduled_margin_out_of_range_is_refused_at_the_forward(make, trainin
     scheduler.step()
     with pytest.raises(ValueError, match="margin must be a finite float in"):
         head(torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))
+
+
+def test_margin_given_twice_is_an_error_not_a_silent_choice(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", features=np.ones((4, 3), np.float32), labels=np.arange(4) % 2)
+    argv = ["train", tmp_path / "d.npz", "--epochs", "1", "--quiet", "--margin", "0.2",
+            "--param", "margin=0.3"]
+    assert run(argv) == 2
+    assert "--margin 0.2 and --param margin=0.3: give the margin once" in capsys.readouterr().err

@@ -162,10 +162,12 @@ def run(args: argparse.Namespace) -> int:
     data = read_train_data(args.data, args.labels, args.image_size)
     to_embed = read_features(args.embed, args.image_size) if args.embed else data.features
     params = dict(args.param)
-    if args.margin is not None:
-        params["margin"] = args.margin
-    if args.scale is not None:
-        params["scale"] = args.scale
+    for name in ("margin", "scale"):
+        if getattr(args, name) is not None:
+            if name in params:
+                raise CliError(f"--{name} {getattr(args, name)} and --param {name}="
+                               f"{params[name]}: give the {name} once")
+            params[name] = getattr(args, name)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, hidden_dim=args.hidden_dim,
