@@ -200,3 +200,20 @@ def test_lower_precision_follows_float64(dtype, tol, small_tiles):
     assert low[0].dtype == low[1].dtype == low[2].dtype == dtype
     for a, b in zip(low, expected, strict=True):
         assert float((a.double() - b).norm()) <= tol * float(b.norm())
+
+
+def test_autocast_keeps_the_loss_in_float32():
+    """Under bfloat16 autocast the chunked head returns a float32 loss that was not rounded to
+    bfloat16 on the way, within eager's own error against float64."""
+    eager, chunked = heads(3)
+    x, y = batch(9, seed=4)
+    exact = eager(x, y)
+    errors = {}
+    for name, head in (("eager", eager), ("chunked", chunked)):
+        head.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = head(x.float(), y)
+        assert loss.dtype == torch.float32
+        errors[name] = abs(float(loss) - float(exact))
+    assert float(loss) != float(loss.bfloat16())
+    assert errors["chunked"] <= 2 * errors["eager"] + 1e-5 * float(exact)

@@ -5,7 +5,9 @@ Forward: the target logit from the N target rows of weight (psi and psi' from ma
 or as given, then the sweeps over tiles of classes (sweeps.py). For a scalar reduction the
 gradients are computed in the forward call (backward only scales them by grad_output), which
 saves recomputing the logits; for reduction="none" backward runs a gradient sweep with the
-per-row grad_output. Half inputs: matmuls in their dtype, softmax and sums in float32.
+per-row grad_output. Half inputs: matmuls in their dtype, softmax and sums in float32, and the
+loss comes back in float32 (functional.py casts it to the embeddings' dtype, or keeps float32
+under autocast as F.cross_entropy does).
 """
 
 from __future__ import annotations
@@ -95,11 +97,10 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             loss = lse - rows.target_logit  # (N,)
             if reduction == "none":
                 ctx.state = (classes, rows, lse, dpsi)
-                return loss.to(embeddings.dtype)
+                return loss  # (N,) in compute dtype: the caller casts (under autocast: float32)
             if grads is not None:
                 ctx.grads = _input_gradients(ctx, grads, rows, lse, row_grad, weight)
-            total = loss.mean() if reduction == "mean" else loss.sum()
-            return total.to(embeddings.dtype)
+            return loss.mean() if reduction == "mean" else loss.sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable

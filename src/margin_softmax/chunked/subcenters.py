@@ -96,9 +96,8 @@ class SubCenterCrossEntropy(torch.autograd.Function):
                                   best_row, w_t[pick], w_t_norm[pick])
             ctx.setup = (scale, k, reduction, embeddings.dtype, tile)
             if reduction == "none":
-                return loss.to(embeddings.dtype)
-            total = loss.mean() if reduction == "mean" else loss.sum()
-            return total.to(embeddings.dtype)
+                return loss  # (N,) in compute dtype: the caller casts
+            return loss.mean() if reduction == "mean" else loss.sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -147,7 +146,8 @@ def chunked_subcenter_cross_entropy(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Sub-center ArcFace's loss (no inter-top-k penalty) without the (N, C) logits.
-    embeddings (N, D), weight (C*K, D), labels (N,) in [0, C). Returns a scalar or (N,)."""
+    embeddings (N, D), weight (C*K, D), labels (N,) in [0, C). Returns a scalar or (N,), in
+    float32 for half inputs."""
     return SubCenterCrossEntropy.apply(
         embeddings, weight, labels, scale, margin, sub_centers, reduction
     )
