@@ -1,6 +1,7 @@
 """The classic heads: API, parity with PyTorch Metric Learning, extremes, bad input."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -213,6 +214,38 @@ def test_bad_embeddings():
         head(torch.randn(2, 5, dtype=torch.float64), y)
 
 
+@pytest.mark.parametrize("impl", ["eager", "chunked"])
+@pytest.mark.parametrize("make", [
+    lambda impl: ms.ArcFace(5, 9, impl=impl),
+    lambda impl: ms.SoftmaxLoss(5, 9, impl=impl),
+    lambda impl: ms.SubCenterArcFace(5, 9, sub_centers=2, impl=impl),
+    lambda impl: ms.CurricularFace(5, 9, impl=impl),
+])
+def test_a_weight_with_nan_or_inf_is_named_not_a_silent_nan_loss(make, impl):
+    """A diverged run's weight (one NaN or inf in a row no sample targets): a ValueError that
+    names the weight, from every path, instead of a NaN loss."""
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    for bad in (float("nan"), float("inf")):
+        head = make(impl)
+        with torch.no_grad():
+            head.weight[-1, 2] = bad
+        with pytest.raises(ValueError, match=f"weight contains non-finite.*{bad}"):
+            head(x, y)
+
+
+def test_labels_on_another_device_and_an_absurd_scale_are_named():
+    x, w = torch.randn(3, 5), torch.randn(9, 5)
+    y = torch.zeros(3, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="labels are on meta but the embeddings are on cpu"):
+        ms.margin_cross_entropy(x, w, y, scale=30.0)
+    y = torch.zeros(3, dtype=torch.long)
+    for scale in (2e4, 1e300):
+        with pytest.raises(ValueError, match=r"scale must be a float in \(0, 10000\], got "
+                           + re.escape(repr(scale))):
+            ms.margin_cross_entropy(x, w, y, scale=scale, impl="chunked")
+    assert torch.isfinite(ms.margin_cross_entropy(x, w, y, scale=1e4, m2=0.5, impl="chunked"))
+
+
 @pytest.mark.parametrize(
     "make, match",
     [
@@ -221,7 +254,7 @@ def test_bad_embeddings():
         (lambda: ms.ArcFace(5, 9, fallback="clamp"), "fallback must be one of.*'clamp'"),
         (lambda: ms.SphereFace(5, 9, margin=1.5), "positive int.*1.5"),
         (lambda: ms.SphereFace(5, 9, margin=0), "positive int.*0"),
-        (lambda: ms.CosFace(5, 9, scale=0.0), "scale must be a finite float > 0, got 0.0"),
+        (lambda: ms.CosFace(5, 9, scale=0.0), r"scale must be a float in \(0, 10000\], got 0.0"),
         (lambda: ms.NormFace(5, 9, scale=-2.0), "scale.*-2.0"),
         (lambda: ms.CosFace(5, 0), "num_classes must be a positive int, got 0"),
         (lambda: ms.CombinedMargin(5, 9, m1=0.0), "m1 must be > 0, got 0.0"),

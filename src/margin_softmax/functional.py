@@ -119,7 +119,7 @@ def margin_cross_entropy(
         loss = triton_margin_cross_entropy(
             embeddings, weight, labels, scale, margin, row_scale, reduction
         )
-    return loss.to(out_dtype)
+    return checked_loss(loss, weight).to(out_dtype)
 
 
 def checked_inputs(embeddings, weight, labels, reduction: str):
@@ -127,10 +127,18 @@ def checked_inputs(embeddings, weight, labels, reduction: str):
     labels (N,) in [0, C), a known reduction. Returns (embeddings, weight, labels, out_dtype)."""
     embeddings, weight, out_dtype = autocast_inputs(embeddings, weight)
     check_embeddings(embeddings, weight)
-    labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
+    labels = check_labels(labels, embeddings.shape[0], weight.shape[0], embeddings.device)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return embeddings, weight, labels, out_dtype
+
+
+def checked_loss(loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """loss as it is, or a ValueError naming the weight when the loss is not finite because
+    the weight holds NaN or inf (a diverged run): the (C, D) weight is only scanned then."""
+    if not bool(torch.isfinite(loss).all()):
+        check_finite("weight", weight)
+    return loss
 
 
 def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -228,19 +236,20 @@ def target_cross_entropy(
 
         loss = triton_target_cross_entropy(embeddings, weight, labels, target_logit, scale,
                                            reduction)
-        return loss.to(out_dtype)
+        return checked_loss(loss, weight).to(out_dtype)
     if path == "chunked":
         from .chunked import chunked_target_cross_entropy
 
         loss = chunked_target_cross_entropy(
             embeddings, weight, labels, target_logit, scale, reduction, non_target
         )
-        return loss.to(out_dtype)
+        return checked_loss(loss, weight).to(out_dtype)
     cos = cosine_logits(embeddings, weight)  # (N, C)
     if non_target is not None:
         cos = non_target(cos, non_target.row_param[:, None].to(cos.dtype))[0]
     logits = (scale * cos).scatter(1, labels[:, None], target_logit[:, None].to(cos.dtype))
-    return F.cross_entropy(logits, labels, reduction=reduction).to(out_dtype)
+    loss = F.cross_entropy(logits, labels, reduction=reduction)
+    return checked_loss(loss, weight).to(out_dtype)
 
 
 def margin_logits(
@@ -298,7 +307,8 @@ def softmax_cross_entropy(
         from .chunked import chunked_softmax_cross_entropy
 
         loss = chunked_softmax_cross_entropy(embeddings, weight, labels, bias, reduction)
-        return loss.to(out_dtype)
+        return checked_loss(loss, weight).to(out_dtype)
     logits = F.linear(embeddings, weight, bias)  # (N, C)
     logits = logits.to(compute_dtype(logits.dtype))
-    return F.cross_entropy(logits, labels, reduction=reduction).to(out_dtype)
+    loss = F.cross_entropy(logits, labels, reduction=reduction)
+    return checked_loss(loss, weight).to(out_dtype)

@@ -7,12 +7,14 @@ import math
 
 import torch
 
+MAX_SCALE = 1e4  # papers and peers use 10-64; far beyond, s * cos overflows float32 or NaNs
+
 
 def check_scale(scale: float, name: str = "scale") -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"{name} must be a positive float, got {scale!r}")
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"{name} must be a finite float > 0, got {scale!r}")
+    if not math.isfinite(scale) or not 0 < scale <= MAX_SCALE:
+        raise ValueError(f"{name} must be a float in (0, {MAX_SCALE:g}], got {scale!r}")
     return float(scale)
 
 
@@ -52,10 +54,14 @@ def check_embeddings(embeddings: torch.Tensor, weight: torch.Tensor) -> None:
     check_finite("embeddings", embeddings)
 
 
-def check_labels(labels: torch.Tensor, num_samples: int, num_classes: int) -> torch.Tensor:
-    """labels: int (N,) class indices in [0, num_classes). Returns them as int64."""
+def check_labels(labels: torch.Tensor, num_samples: int, num_classes: int,
+                 device: torch.device | None = None) -> torch.Tensor:
+    """labels: int (N,) class indices in [0, num_classes) (on ``device`` where given).
+    Returns them as int64."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if device is not None and labels.device != device:
+        raise ValueError(f"labels are on {labels.device} but the embeddings are on {device}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != num_samples:

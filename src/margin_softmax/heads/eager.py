@@ -18,7 +18,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..functional import autocast_inputs, cosine_logits, target_cosines, target_cross_entropy
+from ..functional import (
+    autocast_inputs,
+    checked_loss,
+    cosine_logits,
+    target_cosines,
+    target_cross_entropy,
+)
 from ..margins import clamp_eps
 from ..validation import check_embeddings, check_labels, check_scale
 from .base import ClassCentresHead
@@ -137,7 +143,7 @@ class EagerHead(ClassCentresHead):
                 self.update_state(cos.detach(), labels, embeddings.detach())
         logits = self.training_logits(cos, labels, embeddings)  # (N, C)
         loss = F.cross_entropy(logits, labels) + self.extra_loss(embeddings)
-        return loss.to(out_dtype)
+        return checked_loss(loss, weight).to(out_dtype)
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None):
         """(N, C) logits: the training view (margins, current state, no update) where labels

@@ -17,7 +17,7 @@ import torch
 
 from ..chunked.subcenters import chunked_subcenter_cross_entropy
 from ..cleaning import SubCenterCleaning, dominant_centres, find_outliers
-from ..functional import resolve_impl
+from ..functional import checked_loss, resolve_impl
 from ..margins import Margin, apply_margin
 from .eager import (
     ARC_FALLBACKS,
@@ -105,7 +105,7 @@ class SubCenterArcFace(EagerHead):
         loss = chunked_subcenter_cross_entropy(
             x, weight, y, self.scale, self.margin_spec(), self.sub_centers
         )
-        return loss.to(out_dtype)
+        return checked_loss(loss, weight).to(out_dtype)
 
     def training_logits(self, cos, labels, embeddings):
         psi = apply_margin(target_of(cos, labels), self.margin_spec())  # (N,)
