@@ -273,3 +273,21 @@ def test_bad_impl_and_reduction():
         ms.margin_cross_entropy(x, w, y, scale=1.0, impl="fast")
     with pytest.raises(ValueError, match="reduction must be one of.*'avg'"):
         ms.margin_cross_entropy(x, w, y, scale=1.0, reduction="avg")
+
+
+def test_sizes_may_be_numpy_integers_but_not_floats_or_bools():
+    """num_classes = labels.max() + 1 on a NumPy array is an np.int64: accepted wherever a
+    size is (as a Python int); 10.0 and True are not sizes."""
+    from margin_softmax.distributed import ArcFacePartialFC
+
+    c = np.arange(10).max() + 1  # np.int64(10)
+    head = ms.SubCenterArcFace(np.int32(5), c, sub_centers=np.int64(2))
+    assert (head.num_classes, head.embedding_dim, head.sub_centers) == (10, 5, 2)
+    assert type(head.num_classes) is int and head.weight.shape == (20, 5)
+    assert ArcFacePartialFC(5, c).num_classes == 10
+    scheduler = ms.MarginScheduler(head, iterations_per_epoch=np.int64(3), increase_start_epoch=1,
+                                   fix_start_epoch=np.int64(2))
+    scheduler.step()
+    for bad in (10.0, True):
+        with pytest.raises(ValueError, match=f"num_classes must be a positive int, got {bad}"):
+            ms.ArcFace(5, bad)

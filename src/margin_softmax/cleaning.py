@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .functional import normalize
-from .validation import check_embeddings, check_labels
+from .validation import check_embeddings, check_labels, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,7 @@ def find_outliers(
     samples (ties: the lowest index); a sample is an outlier when its angle to that
     sub-centre exceeds ``threshold_degrees`` (the paper's 75). Memory O(N * K), not O(N * C).
     """
-    if isinstance(sub_centers, bool) or not isinstance(sub_centers, int) or sub_centers < 1:
-        raise ValueError(f"sub_centers must be a positive int, got {sub_centers!r}")
+    sub_centers = check_positive_int("sub_centers", sub_centers)
     if weight.shape[0] % sub_centers:
         raise ValueError(
             f"weight has {weight.shape[0]} rows, not a multiple of sub_centers={sub_centers}"

@@ -21,6 +21,8 @@ import math
 
 from torch import nn
 
+from .validation import check_positive_int
+
 INCREASE_TYPES = ("exp", "linear")
 
 
@@ -47,11 +49,9 @@ class MarginScheduler:
     ) -> None:
         if not hasattr(head, attribute):
             raise ValueError(f"head {type(head).__name__} has no attribute {attribute!r}")
-        for name, value in (("iterations_per_epoch", iterations_per_epoch),
-                            ("increase_start_epoch", increase_start_epoch),
-                            ("fix_start_epoch", fix_start_epoch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        iterations_per_epoch = check_positive_int("iterations_per_epoch", iterations_per_epoch)
+        increase_start_epoch = check_positive_int("increase_start_epoch", increase_start_epoch)
+        fix_start_epoch = check_positive_int("fix_start_epoch", fix_start_epoch)
         if fix_start_epoch < increase_start_epoch:
             raise ValueError(
                 f"fix_start_epoch ({fix_start_epoch}) must be >= increase_start_epoch "

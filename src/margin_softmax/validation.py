@@ -4,6 +4,7 @@ and the bad value, instead of a silent NaN, a device assert or a C++ traceback."
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -16,6 +17,19 @@ def check_scale(scale: float, name: str = "scale") -> float:
     if not math.isfinite(scale) or not 0 < scale <= MAX_SCALE:
         raise ValueError(f"{name} must be a float in (0, {MAX_SCALE:g}], got {scale!r}")
     return float(scale)
+
+
+def check_positive_int(name: str, value) -> int:
+    """value as a Python int >= 1; any integer type (numpy's too, from labels.max() + 1),
+    not a bool or a float."""
+    if not isinstance(value, bool):
+        try:
+            value = operator.index(value)
+        except TypeError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:

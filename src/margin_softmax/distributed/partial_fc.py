@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..margins import Margin
-from ..validation import check_scale
+from ..validation import check_positive_int, check_scale
 from .comm import gather_rows, rank_and_world_size
 from .handshake import handshake
 from .sampling import check_sample_rate, remap_targets, sample_rows, step_generator
@@ -58,9 +58,8 @@ class PartialFC(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        for name, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        embedding_dim = check_positive_int("embedding_dim", embedding_dim)
+        num_classes = check_positive_int("num_classes", num_classes)
         self.embedding_dim, self.num_classes = embedding_dim, num_classes
         self.margin = Margin(m1, m2, m3, fallback, 0.0, straight_through)
         self.scale = check_scale(scale)

@@ -11,11 +11,12 @@ so class j lives on the rank r with start_r <= j < start_r + size_r, as row j - 
 
 from __future__ import annotations
 
+from ..validation import check_positive_int
+
 
 def _check(num_classes: int, world_size: int) -> None:
-    for name, value in (("num_classes", num_classes), ("world_size", world_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("world_size", world_size)
 
 
 def class_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:

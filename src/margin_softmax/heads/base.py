@@ -8,13 +8,7 @@ from torch import nn
 
 from ..functional import IMPLS, margin_cross_entropy, margin_logits, predict
 from ..margins import Margin
-from ..validation import check_embeddings, check_labels, check_scale
-
-
-def _check_dims(embedding_dim: int, num_classes: int) -> None:
-    for name, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+from ..validation import check_embeddings, check_labels, check_positive_int, check_scale
 
 
 class ClassCentresHead(nn.Module):
@@ -22,7 +16,8 @@ class ClassCentresHead(nn.Module):
 
     def __init__(self, embedding_dim: int, num_classes: int, *, impl: str = "auto") -> None:
         super().__init__()
-        _check_dims(embedding_dim, num_classes)
+        embedding_dim = check_positive_int("embedding_dim", embedding_dim)
+        num_classes = check_positive_int("num_classes", num_classes)
         if impl not in IMPLS:  # now, not at the first forward
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.embedding_dim, self.num_classes, self.impl = embedding_dim, num_classes, impl

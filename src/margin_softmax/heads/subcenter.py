@@ -19,6 +19,7 @@ from ..chunked.subcenters import chunked_subcenter_cross_entropy
 from ..cleaning import SubCenterCleaning, dominant_centres, find_outliers
 from ..functional import checked_loss, resolve_impl
 from ..margins import Margin, apply_margin
+from ..validation import check_positive_int
 from .eager import (
     ARC_FALLBACKS,
     EagerHead,
@@ -57,8 +58,7 @@ class SubCenterArcFace(EagerHead):
         impl: str = "auto",
     ) -> None:
         super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
-        if isinstance(sub_centers, bool) or not isinstance(sub_centers, int) or sub_centers < 1:
-            raise ValueError(f"sub_centers must be a positive int, got {sub_centers!r}")
+        sub_centers = check_positive_int("sub_centers", sub_centers)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k < num_classes:
             raise ValueError(f"top_k must be an int in [0, num_classes - 1], got {top_k!r}")
         check_choice("fallback", fallback, ARC_FALLBACKS)
