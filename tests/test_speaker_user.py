@@ -144,3 +144,25 @@ def test_margin_given_twice_is_an_error_not_a_silent_choice(tmp_path, capsys):
             "--param", "margin=0.3"]
     assert run(argv) == 2
     assert "--margin 0.2 and --param margin=0.3: give the margin once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+@pytest.mark.parametrize("value", ["-1", str(2**64), str(2**70), "1.5"])
+def test_a_seed_out_of_range_names_the_option_and_the_range(tmp_path, capsys, command, value):
+    # -1 said "expected non-negative integer" (NumPy) and 2**70 "Overflow when unpacking long
+    # long" (torch.manual_seed), neither naming --seed; torch takes seeds up to 2**64 - 1
+    np.savez(tmp_path / "d.npz", features=np.ones((4, 3), np.float32), labels=np.arange(4) % 2)
+    argv = (["train", tmp_path / "d.npz", "--epochs", "1", "--quiet"] if command == "train"
+            else ["compare", "--out", tmp_path / "out", "--losses", "arcface", "--identities",
+                  "20", "--samples-per-identity", "4", "--trials", "40", "--epochs", "1",
+                  "--epochs-2d", "1", "--quiet"])
+    assert run([*argv, "--seed", value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument --seed: expected an integer in [0, {2**64 - 1}], got '{value}'" in err
+    assert err.count("\n") == 1
+
+
+def test_the_largest_seed_torch_takes_trains(tmp_path):
+    np.savez(tmp_path / "d.npz", features=np.ones((4, 3), np.float32), labels=np.arange(4) % 2)
+    argv = ["train", tmp_path / "d.npz", "--epochs", "1", "--quiet", "--seed", str(2**64 - 1)]
+    assert run(argv) == 0

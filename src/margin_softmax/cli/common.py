@@ -28,6 +28,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**64 - 1  # torch.manual_seed takes [0, 2**64 - 1]; NumPy's default_rng no negatives
+
+
+def seed_int(text: str) -> int:
+    message = f"expected an integer in [0, {SEED_MAX}], got {text!r}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(message)
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

@@ -23,7 +23,7 @@ from ..heads import SoftmaxLoss
 from ..margins import Margin
 from ..registry import DEFAULT_LOSSES, build_head, head_parameters
 from ..training import TrainConfig, build_model, embed, fit
-from .common import loss_names, output_folder, positive_int, set_threads
+from .common import loss_names, output_folder, positive_int, seed_int, set_threads
 
 HELD_OUT_FRACTION = 0.3  # of the identities, for open-set verification
 TEST_FRACTION = 0.2  # of each training identity's samples, for closed-set accuracy
@@ -58,7 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", choices=("synthetic", "digits"), default="synthetic",
                    help="synthetic identities (default) or scikit-learn's 8x8 digits")
-    p.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed for data and training (default 0)")
     p.add_argument("--epochs", type=positive_int, default=20, help="epochs per loss (default 20)")
     p.add_argument("--epochs-2d", type=positive_int, default=60,
                    help="epochs of the 2-D run per loss (default 60)")

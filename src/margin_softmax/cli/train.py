@@ -33,6 +33,7 @@ from .common import (
     number,
     positive_float,
     positive_int,
+    seed_int,
     set_threads,
 )
 from .inputs import read_features, read_train_data
@@ -76,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="embedding size (default %(default)s)")
     p.add_argument("--hidden-dim", type=positive_int, default=defaults.hidden_dim,
                    help="width of the two hidden layers (default %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed,
+    p.add_argument("--seed", type=seed_int, default=defaults.seed,
                    help="seed of the weights and the shuffling (default %(default)s)")
     p.add_argument("--device", default=defaults.device, metavar="{auto,cpu,cuda,cuda:N}",
                    help="where to train and embed (default auto: cuda when available, else cpu)")
