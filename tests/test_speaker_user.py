@@ -166,3 +166,38 @@ def test_the_largest_seed_torch_takes_trains(tmp_path):
     np.savez(tmp_path / "d.npz", features=np.ones((4, 3), np.float32), labels=np.arange(4) % 2)
     argv = ["train", tmp_path / "d.npz", "--epochs", "1", "--quiet", "--seed", str(2**64 - 1)]
     assert run(argv) == 0
+
+
+BOM_TRIALS = {
+    "kaldi": "a b target\na c nontarget\nc d target\nb d nontarget\n",
+    "voxceleb": "1 a b\n0 a c\n1 c d\n0 b d\n",
+}
+
+
+@pytest.mark.parametrize("style", ["kaldi", "voxceleb"])
+def test_a_byte_order_mark_at_the_start_of_a_trial_list_is_ignored(tmp_path, capsys, style):
+    # Windows editors start a UTF-8 file with a BOM; it was read as part of the first field
+    # (enroll name '\ufeffa' or label '\ufeff1') of line 1
+    names = np.array(["a", "b", "c", "d"])
+    np.savez(tmp_path / "e.npz", embeddings=np.array([[1.0, 0], [2, 0], [0, 1], [0, 3]]),
+             names=names)
+    (tmp_path / "t.txt").write_text(BOM_TRIALS[style], encoding="utf-8-sig")
+    trials = scoring.read_trials(tmp_path / "t.txt")
+    assert trials.enroll == ["a", "a", "c", "b"] and trials.test == ["b", "c", "d", "d"]
+    np.testing.assert_array_equal(trials.labels, [1, 0, 1, 0])
+    assert run(["eval", "--embeddings", tmp_path / "e.npz", "--trials", tmp_path / "t.txt",
+                "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"targets": 2' in out and '"eer": 0.0' in out
+
+
+def test_a_byte_order_mark_at_the_start_of_a_score_file_is_ignored(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text(BOM_TRIALS["kaldi"])
+    (tmp_path / "s.txt").write_text("a b 0.9\na c 0.1\nc d 0.8\nb d 0.2\n", encoding="utf-8-sig")
+    (tmp_path / "ls.txt").write_text("target 0.9\nnontarget 0.1\n", encoding="utf-8-sig")
+    assert run(["eval", "--trials", tmp_path / "t.txt", "--scores", tmp_path / "s.txt",
+                "--json"]) == 0
+    assert run(["eval", "--scores", tmp_path / "ls.txt", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count('"targets": 2') == 1 and out.count('"targets": 1') == 1
+    assert out.count('"eer": 0.0') == 2

@@ -1,7 +1,8 @@
 """Readers for verification score files, cosine scoring of embeddings, and the summary of
 metrics that ``eval`` and ``compare`` print.
 
-Formats (whitespace-separated, one trial per line, blank lines ignored):
+Formats (UTF-8 text, a leading byte-order mark ignored; whitespace-separated, one trial per
+line, blank lines ignored):
 
 - trials, Kaldi:     ``enroll test target|nontarget``
 - trials, VoxCeleb:  ``1|0 enroll test``
@@ -55,7 +56,7 @@ def _rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
     with open(path, "rb") as handle:
         for line, raw in enumerate(handle, start=1):
             try:
-                fields = raw.decode("utf-8").split()
+                fields = raw.decode("utf-8-sig").split()  # a BOM starts some files
             except UnicodeDecodeError:
                 raise ScoreFileError(path, "not UTF-8 text", line) from None
             if fields:
