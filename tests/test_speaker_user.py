@@ -7,6 +7,7 @@ import torch
 
 import margin_softmax as ms
 from margin_softmax import scoring
+from margin_softmax.cli.inputs import read_label_file
 from margin_softmax.cli.main import main
 
 
@@ -201,3 +202,10 @@ def test_a_byte_order_mark_at_the_start_of_a_score_file_is_ignored(tmp_path, cap
     out = capsys.readouterr().out
     assert out.count('"targets": 2') == 1 and out.count('"targets": 1') == 1
     assert out.count('"eer": 0.0') == 2
+
+
+def test_a_byte_order_mark_at_the_start_of_a_label_file_is_ignored(tmp_path):
+    # '\ufeffspk1' on line 1 was a class of its own, apart from 'spk1' on line 3
+    (tmp_path / "labels.txt").write_text("spk1\nspk2\nspk1\nspk2\n", encoding="utf-8-sig")
+    labels = read_label_file(tmp_path / "labels.txt")
+    assert labels.tolist() == ["spk1", "spk2", "spk1", "spk2"]

@@ -69,7 +69,7 @@ def read_label_file(path: str | os.PathLike) -> np.ndarray:
     with open(path, "rb") as handle:
         for line, raw in enumerate(handle, start=1):
             try:
-                text = raw.decode("utf-8").strip()
+                text = raw.decode("utf-8-sig").strip()  # a BOM starts some files
             except UnicodeDecodeError:
                 raise CliError(f"{path}:{line}: not UTF-8 text") from None
             if not text or len(text.split()) != 1:
