@@ -106,3 +106,19 @@ def test_a_weight_that_is_not_a_tensor_is_a_type_error(impl):
     for weight in (torch.randn(5, 4).numpy(), None):
         with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
             ms.margin_cross_entropy(x, weight, labels, scale=64.0, m2=0.5, impl=impl)
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--log-every", "0"), ("--steps", "0"), ("--steps", "-1"), ("--batch-size", "0"),
+    ("--classes", "0"), ("--input-dim", "0"), ("--embedding-dim", "-2"), ("--lr", "0"),
+    ("--lr", "nan"), ("--scale", "0"), ("--scale", "1e5"), ("--sample-rate", "0"),
+    ("--sample-rate", "1.5"), ("--noise", "-1"), ("--noise", "inf"), ("--timeout", "0"),
+    ("--timeout", "inf"), ("--seed", "-1"), ("--seed", str(2**64 - 1)),
+])
+def test_the_training_entry_point_refuses_a_bad_number_naming_the_option(option, value, capsys):
+    """--log-every 0 was a ZeroDivisionError at the first step; --batch-size 0, --timeout 0
+    and --input-dim 0 trained silently; --seed 2**64 - 1 overflowed in torch.manual_seed."""
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--steps", "1", "--classes", "10", "--batch-size", "2", option, value])
+    assert exit_info.value.code == 2
+    assert f"error: argument {option}: " in capsys.readouterr().err.strip().splitlines()[-1]

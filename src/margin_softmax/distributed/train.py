@@ -30,6 +30,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..cli.common import nonnegative_float, positive_float, positive_int
+from ..validation import check_scale
 from .checkpoint import (
     check_save_directory,
     load_sharded,
@@ -38,6 +40,7 @@ from .checkpoint import (
 )
 from .partial_fc import PartialFC
 from .sampled_optimizer import SampledRowsOptimizer
+from .sampling import check_sample_rate
 
 MARGINS = {  # (m1, m2, m3)
     "arcface": (1.0, 0.3, 0.0),
@@ -47,24 +50,47 @@ MARGINS = {  # (m1, m2, m3)
 }
 
 
+def _checked(check):
+    """An argparse type: float(text) that ``check`` accepts (its ValueError is the message)."""
+    def convert(text: str) -> float:
+        try:
+            return check(float(text))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return convert
+
+
+def seed_int(text: str) -> int:
+    """[0, 2**63): torch.manual_seed(seed + 1 + rank) overflows past 2**64 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m margin_softmax.distributed.train",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--input-dim", type=int, default=32)
-    p.add_argument("--embedding-dim", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64, help="samples per rank per step")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--classes", type=positive_int, default=1000)
+    p.add_argument("--input-dim", type=positive_int, default=32)
+    p.add_argument("--embedding-dim", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="samples per rank per step")
+    p.add_argument("--steps", type=positive_int, default=100)
+    p.add_argument("--lr", type=positive_float, default=0.05)
     p.add_argument("--loss", choices=sorted(MARGINS), default="arcface")
-    p.add_argument("--scale", type=float, default=30.0)
-    p.add_argument("--sample-rate", type=float, default=1.0)
-    p.add_argument("--noise", type=float, default=0.5)
+    p.add_argument("--scale", type=_checked(check_scale), default=30.0)
+    p.add_argument("--sample-rate", type=_checked(check_sample_rate), default=1.0)
+    p.add_argument("--noise", type=nonnegative_float, default=0.5)
     p.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per rank)")
     p.add_argument("--backend", default="auto", help="auto (nccl on cuda, gloo on cpu)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a rank")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--timeout", type=positive_float, default=120.0,
+                   help="seconds to wait for a rank")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--log-every", type=positive_int, default=10)
     p.add_argument("--save", default=None, help="checkpoint directory written at the end")
     p.add_argument("--resume", default=None, help="checkpoint directory to continue from; "
                    "--steps counts from the start of the first run")
