@@ -122,3 +122,13 @@ def test_the_training_entry_point_refuses_a_bad_number_naming_the_option(option,
         train_main(["--steps", "1", "--classes", "10", "--batch-size", "2", option, value])
     assert exit_info.value.code == 2
     assert f"error: argument {option}: " in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_training_on_cuda_without_cuda_is_an_argument_error(monkeypatch, capsys):
+    """It was an AttributeError: module 'torch._C' has no attribute '_cuda_setDevice'."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--steps", "1", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --device: CUDA is not available" in last

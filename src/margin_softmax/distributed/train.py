@@ -71,6 +71,17 @@ def seed_int(text: str) -> int:
     return value
 
 
+def device_name(text: str) -> str:
+    """cpu or cuda, refused here when CUDA is missing (torch.cuda.set_device would fail with
+    an AttributeError about torch._C on a CPU-only torch)."""
+    if text not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda, got {text!r}")
+    if text == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available to this torch "
+                                         f"({torch.__version__}); use --device cpu")
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m margin_softmax.distributed.train",
                                 description=__doc__.split("\n\n")[0])
@@ -85,7 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scale", type=_checked(check_scale), default=30.0)
     p.add_argument("--sample-rate", type=_checked(check_sample_rate), default=1.0)
     p.add_argument("--noise", type=nonnegative_float, default=0.5)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per rank)")
+    p.add_argument("--device", type=device_name, default="cpu",
+                   help="cpu or cuda (one GPU per rank)")
     p.add_argument("--backend", default="auto", help="auto (nccl on cuda, gloo on cpu)")
     p.add_argument("--timeout", type=positive_float, default=120.0,
                    help="seconds to wait for a rank")
