@@ -3,6 +3,7 @@ loading, errors that should name the argument."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,3 +133,15 @@ def test_training_on_cuda_without_cuda_is_an_argument_error(monkeypatch, capsys)
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "argument --device: CUDA is not available" in last
+
+
+@pytest.mark.parametrize("block_size", [0, -1, 3.5, True, "8"])
+def test_partial_fc_refuses_a_block_size_that_is_not_a_positive_int(block_size):
+    """0, -1 and 3.5 were coerced by the chunked path and gave a loss."""
+    with pytest.raises(ValueError, match="block_size must be a positive int"):
+        PartialFC(4, 10, block_size=block_size, impl="chunked")
+
+
+def test_partial_fc_takes_a_numpy_block_size():
+    head = PartialFC(4, 10, block_size=np.int64(3), impl="chunked")
+    assert head.block_size == 3 and type(head.block_size) is int

@@ -64,6 +64,8 @@ class PartialFC(nn.Module):
         self.margin = Margin(m1, m2, m3, fallback, 0.0, straight_through)
         self.scale = check_scale(scale)
         self.sample_rate = check_sample_rate(sample_rate)
+        if block_size is not None:  # the chunked path coerced 0, -1 and 3.5 silently
+            block_size = check_positive_int("block_size", block_size)
         self.group, self.seed, self.block_size = group, seed, block_size
         self.impl = check_impl(impl)
         self.rank, self.world_size = rank_and_world_size(group)
