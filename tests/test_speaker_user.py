@@ -209,3 +209,14 @@ def test_a_byte_order_mark_at_the_start_of_a_label_file_is_ignored(tmp_path):
     (tmp_path / "labels.txt").write_text("spk1\nspk2\nspk1\nspk2\n", encoding="utf-8-sig")
     labels = read_label_file(tmp_path / "labels.txt")
     assert labels.tolist() == ["spk1", "spk2", "spk1", "spk2"]
+
+
+@pytest.mark.parametrize("top_k", [10, 11, -1, 2.0])
+def test_a_top_k_set_out_of_range_after_construction_is_refused_at_the_forward(top_k):
+    # a config or scheduler setting top_k >= num_classes after construction reached
+    # torch.topk: a RuntimeError for 11 or -1, and top_k == num_classes silently penalised
+    # every non-target class
+    head = ms.SubCenterArcFace(8, 10, margin=0.2, scale=32.0, hard_margin=0.06, top_k=2)
+    head.top_k = top_k
+    with pytest.raises(ValueError, match=r"top_k must be an int in \[0, num_classes - 1 = 9\]"):
+        head(torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))

@@ -59,8 +59,6 @@ class SubCenterArcFace(EagerHead):
     ) -> None:
         super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
         sub_centers = check_positive_int("sub_centers", sub_centers)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k < num_classes:
-            raise ValueError(f"top_k must be an int in [0, num_classes - 1], got {top_k!r}")
         check_choice("fallback", fallback, ARC_FALLBACKS)
         self.hard_margin = check_float("hard_margin", hard_margin, 0.0, torch.pi, high_open=True)
         self.sub_centers, self.top_k = sub_centers, top_k
@@ -86,10 +84,15 @@ class SubCenterArcFace(EagerHead):
                             plain=True)
 
     def margin_spec(self) -> Margin:
-        """The target's Margin (validates ``margin`` and ``hard_margin``, which a scheduler
-        may change)."""
+        """The target's Margin (validates ``margin``, ``hard_margin`` and ``top_k``, which a
+        scheduler or a config may change)."""
         check_float("margin", self.margin, 0.0, torch.pi, high_open=True)
         check_float("hard_margin", self.hard_margin, 0.0, torch.pi, high_open=True)
+        top_k, highest = self.top_k, self.num_classes - 1
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= highest:
+            raise ValueError(
+                f"top_k must be an int in [0, num_classes - 1 = {highest}], got {top_k!r}"
+            )
         fallback = "none" if self.margin == 0 else self.fallback
         return Margin(m2=self.margin, fallback=fallback, straight_through=self.straight_through)
 
