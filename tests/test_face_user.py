@@ -3,9 +3,14 @@ loading, errors that should name the argument."""
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
+
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+from gloo_processes import run_ranks
 
 import margin_softmax as ms
 from margin_softmax.distributed import (
@@ -145,3 +150,28 @@ def test_partial_fc_refuses_a_block_size_that_is_not_a_positive_int(block_size):
 def test_partial_fc_takes_a_numpy_block_size():
     head = PartialFC(4, 10, block_size=np.int64(3), impl="chunked")
     assert head.block_size == 3 and type(head.block_size) is int
+
+
+def mixed_embedding_dim_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 1 builds its head with embedding_dim 6, rank 0 with 4 (a per-rank config)."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=10))
+    dim = 4 + 2 * rank
+    head = PartialFC(dim, 10, m2=0.5, scale=30.0)
+    try:
+        head(torch.randn(3, dim), torch.tensor([0, 5, 9]))
+        outcome = ("no error", "")
+    except Exception as error:
+        outcome = (type(error).__name__, str(error))
+    torch.save(outcome, f"{out}/dim{rank}.pt")
+    os._exit(0)  # a failed collective may leave gloo threads behind: skip the teardown
+
+
+def test_ranks_built_with_different_embedding_dims_fail_together(tmp_path):
+    run_ranks(mixed_embedding_dim_worker, 2, str(tmp_path), timeout=60.0)
+    for rank in range(2):
+        kind, message = torch.load(tmp_path / f"dim{rank}.pt")
+        assert kind == "ValueError", (rank, kind, message)
+        assert "embedding_dim" in message and "[4, 6]" in message
