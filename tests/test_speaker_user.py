@@ -220,3 +220,45 @@ def test_a_top_k_set_out_of_range_after_construction_is_refused_at_the_forward(t
     head.top_k = top_k
     with pytest.raises(ValueError, match=r"top_k must be an int in \[0, num_classes - 1 = 9\]"):
         head(torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))
+
+
+FLOAT64_STATE = {  # head -> its running state, set to values bfloat16 cannot hold
+    "adacos": (lambda: ms.AdaCos(8, 10, scale=12.917), {"adaptive_scale": 12.917}),
+    "adaface": (lambda: ms.AdaFace(8, 10), {"batch_mean": 20.3, "batch_std": 5.71}),
+    "curricularface": (lambda: ms.CurricularFace(8, 10), {"t": 0.1234}),
+}
+CONVERSIONS = {
+    "to-bfloat16": lambda head: head.to(torch.bfloat16),
+    "half": lambda head: head.half(),
+    "float": lambda head: head.float(),
+    "meta-bfloat16": lambda head: head.to("meta", torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("conversion", CONVERSIONS)
+@pytest.mark.parametrize("name", FLOAT64_STATE)
+def test_running_state_stays_float64_when_the_head_changes_dtype(name, conversion):
+    # .to(torch.bfloat16) rounded AdaCos's float64 scale 12.917 to 12.875 (and AdaFace's and
+    # CurricularFace's EMAs likewise) for the rest of training; the state follows the
+    # device only
+    make, state = FLOAT64_STATE[name]
+    head = make()
+    for key, value in state.items():
+        getattr(head, key).fill_(value)
+    head = CONVERSIONS[conversion](torch.nn.Sequential(head))[0]  # also through a parent
+    weight_dtype = torch.float32 if conversion == "float" else head.weight.dtype
+    assert head.weight.dtype == weight_dtype != torch.float64
+    for key, value in state.items():
+        buffer = getattr(head, key)
+        assert buffer.dtype == torch.float64 and buffer.device == head.weight.device
+        if conversion != "meta-bfloat16":
+            assert buffer.item() == value
+    if conversion == "meta-bfloat16":
+        return
+    saved = head.state_dict()
+    fresh = make()
+    fresh.load_state_dict(saved)
+    for key, value in state.items():
+        assert saved[key].dtype == torch.float64 and getattr(fresh, key).item() == value
+    head.train()(torch.randn(4, 8, dtype=head.weight.dtype), torch.tensor([0, 1, 2, 3]))
+    assert all(getattr(head, key).dtype == torch.float64 for key in state)

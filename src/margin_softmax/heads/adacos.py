@@ -19,13 +19,16 @@ from ..functional import AUTO_CHUNK_ELEMENTS, normalize
 from ..margins import Margin
 from ..validation import check_embeddings, check_labels, check_scale
 from .base import MarginHead
+from .float64_state import Float64State
 
 
-class AdaCos(MarginHead):
+class AdaCos(Float64State, MarginHead):
     """AdaCos. scale=None starts from the paper's fixed s = sqrt(2) log(C - 1);
     dynamic=False keeps the scale fixed (the paper's "fixed AdaCos").
-    The current scale is the buffer ``adaptive_scale`` (saved in state_dict); ``scale``
-    reads it as a float."""
+    The current scale is the buffer ``adaptive_scale`` (saved in state_dict, float64 whatever
+    dtype the head is moved to); ``scale`` reads it as a float."""
+
+    FLOAT64_BUFFERS = ("adaptive_scale",)
 
     def __init__(
         self,

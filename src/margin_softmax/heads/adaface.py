@@ -19,16 +19,19 @@ import math
 import torch
 
 from .eager import TargetLogitHead, check_float
+from .float64_state import Float64State
 
 EPS = 1e-3  # the official code's eps: cosine clamp, theta clip and the std guard
 
 
-class AdaFace(TargetLogitHead):
+class AdaFace(Float64State, TargetLogitHead):
     """AdaFace with the official training defaults (m = 0.4, h = 0.333, s = 64,
     t_alpha = 0.01; the EMAs start at mean 20, std 100). ``batch_mean`` and ``batch_std``
-    are buffers (saved in state_dict), updated on training-mode forwards before the margins
-    are computed (as the official code does), frozen in eval mode. impl: "auto", "eager" or
-    "chunked" (never the (N, C) logits)."""
+    are float64 buffers (saved in state_dict; float64 whatever dtype the head is moved to),
+    updated on training-mode forwards before the margins are computed (as the official code
+    does), frozen in eval mode. impl: "auto", "eager" or "chunked" (never the (N, C) logits)."""
+
+    FLOAT64_BUFFERS = ("batch_mean", "batch_std")
 
     def __init__(
         self,

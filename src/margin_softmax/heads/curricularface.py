@@ -17,6 +17,7 @@ import torch
 
 from ..margins import Margin, apply_margin
 from .eager import TargetLogitHead, check_float
+from .float64_state import Float64State
 
 
 class HardNegatives:
@@ -33,13 +34,15 @@ class HardNegatives:
         return value, torch.where(hard, self.t + 2 * cos, 1.0)
 
 
-class CurricularFace(TargetLogitHead):
+class CurricularFace(Float64State, TargetLogitHead):
     """CurricularFace with the official code's defaults (m = 0.5, s = 64, momentum 0.01,
-    t starting at 0). ``t`` is a buffer (saved in state_dict), updated on each training-mode
-    forward before the logits, frozen in eval mode. impl: "auto", "eager" or "chunked" (the
-    Triton kernels have no hard-negative transform)."""
+    t starting at 0). ``t`` is a float64 buffer (saved in state_dict; float64 whatever dtype
+    the head is moved to), updated on each training-mode forward before the logits, frozen in
+    eval mode. impl: "auto", "eager" or "chunked" (the Triton kernels have no hard-negative
+    transform)."""
 
     IMPLS = ("auto", "eager", "chunked")
+    FLOAT64_BUFFERS = ("t",)
 
     def __init__(
         self,

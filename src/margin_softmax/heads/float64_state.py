@@ -1,0 +1,27 @@
+"""Running state (a scale, EMAs) that stays float64 whatever dtype its head is moved to.
+
+``head.to(torch.bfloat16)``, ``.half()`` or ``.float()`` convert every floating buffer; a
+float64 EMA or scale rounded to bfloat16 (AdaCos's s = 12.917 becomes 12.875) would stay
+rounded for the rest of training. The buffers named in ``FLOAT64_BUFFERS`` follow the
+module's device and keep their dtype and value.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Float64State(torch.nn.Module):
+    """Mixin: list the float64 buffers in ``FLOAT64_BUFFERS``; put it before the head's base
+    class (``class AdaCos(Float64State, MarginHead)``)."""
+
+    FLOAT64_BUFFERS: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        before = {name: self._buffers.get(name) for name in self.FLOAT64_BUFFERS}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers.get(name)
+            if old is not None and new is not None and new.dtype != torch.float64:
+                self._buffers[name] = old.to(new.device)  # the float64 value, moved only
+        return self
