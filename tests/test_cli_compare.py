@@ -113,7 +113,7 @@ def test_digits(tmp_path):
         (["--losses", "arcface,magic"], "unknown loss 'magic'"),
         (["--epochs", "0"], "argument --epochs: expected a positive integer"),
         (["--dataset", "mnist"], "argument --dataset: invalid choice"),
-        (["--seed", "x"], "argument --seed: invalid int value"),
+        (["--seed", "x"], "argument --seed: expected an integer in [0, 18446744073709551615]"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
