@@ -175,3 +175,23 @@ def test_ranks_built_with_different_embedding_dims_fail_together(tmp_path):
         kind, message = torch.load(tmp_path / f"dim{rank}.pt")
         assert kind == "ValueError", (rank, kind, message)
         assert "embedding_dim" in message and "[4, 6]" in message
+
+
+@pytest.mark.parametrize("saved,loaded", [("SGD", "Adam"), ("Adam", "SGD")])
+def test_optimizer_state_of_another_optimizer_type_is_refused(tmp_path, saved, loaded):
+    """SGD's momentum_buffer loaded into Adam was accepted and failed at Adam's first step
+    with KeyError: 'exp_avg'; Adam's moments loaded into SGD were silently dropped."""
+    def head_and_optimizer(kind):
+        head = PartialFC(4, 10, m2=0.5, scale=30.0)
+        options = {"momentum": 0.9} if kind == "SGD" else {}
+        inner = getattr(torch.optim, kind)(head.parameters(), lr=0.1, **options)
+        return head, SampledRowsOptimizer(inner, head)
+
+    head, optimizer = head_and_optimizer(saved)
+    head(torch.randn(3, 4), torch.tensor([0, 5, 9])).backward()
+    optimizer.step()
+    save_sharded(tmp_path, head, optimizer)
+    head, optimizer = head_and_optimizer(loaded)
+    with pytest.raises(ValueError, match=f"saved from {saved} .*optimizer given is {loaded};"):
+        load_sharded(tmp_path, head, optimizer)
+    assert optimizer.state[head.weight] == {}  # nothing half-loaded

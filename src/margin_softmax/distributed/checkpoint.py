@@ -4,12 +4,13 @@ On disk: a directory with one file per shard, ``classes-{start}-{stop}.pt``, eac
 {"start", "stop", "num_classes", "weight" (stop - start, D)}, the head's sampling ``step``
 when it has one, and, when saved with an optimizer, "optimizer": {"rows": the state tensors
 of the weight shaped like it, as (stop - start, D) slices (momentum_buffer, exp_avg,
-exp_avg_sq), "other": the rest (Adam's step, the same on every rank)}. A rank loads the rows
-of its own block from whichever files overlap it, so a checkpoint written by 2 ranks loads
-into 3, and a single-process head's full weight is just a checkpoint with one shard. The
-directory must be visible to every rank (a shared file system) when loading into another
-layout. Everything else in the optimizer (the backbone's state, the hyperparameters) is its
-ordinary state_dict: see optimizer_state_without_head.
+exp_avg_sq), "other": the rest (Adam's step, the same on every rank), "type": the optimizer's
+class name (loading into another type is refused; files without it are not checked)}. A
+rank loads the rows of its own block from whichever files overlap it, so a checkpoint written
+by 2 ranks loads into 3, and a single-process head's full weight is just a checkpoint with one
+shard. The directory must be visible to every rank (a shared file system) when loading into
+another layout. Everything else in the optimizer (the backbone's state, the hyperparameters)
+is its ordinary state_dict: see optimizer_state_without_head.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .comm import rank_and_world_size
+from .sampled_optimizer import SampledRowsOptimizer
 from .sharding import class_ranges
 
 
@@ -42,9 +44,11 @@ def _split_state(state: dict, weight: torch.Tensor) -> dict:
 
 def save_weight_shard(directory: str | Path, weight: torch.Tensor, start: int,
                       num_classes: int, step: int | None = None,
-                      optimizer_state: dict | None = None) -> Path:
+                      optimizer_state: dict | None = None,
+                      optimizer_type: str | None = None) -> Path:
     """Write rows [start, start + len(weight)) of the class centres (no collective), with
-    the head's sampling ``step`` and the weight's optimizer state when given."""
+    the head's sampling ``step`` and the weight's optimizer state (of an ``optimizer_type``
+    optimizer, e.g. "SGD") when given."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stop = start + weight.shape[0]
@@ -54,7 +58,7 @@ def save_weight_shard(directory: str | Path, weight: torch.Tensor, start: int,
     if step is not None:
         record["step"] = step
     if optimizer_state is not None:
-        record["optimizer"] = _split_state(optimizer_state, weight)
+        record["optimizer"] = {**_split_state(optimizer_state, weight), "type": optimizer_type}
     torch.save(record, path)
     return path
 
@@ -82,7 +86,8 @@ def save_sharded(directory: str | Path, head, optimizer=None) -> None:
     check_save_directory(directory, head.num_classes, rank_and_world_size(head.group)[1])
     step = int(head.step) if hasattr(head, "step") else None
     state = None if optimizer is None else optimizer.state.get(head.weight, {})
-    save_weight_shard(directory, head.weight, head.start, head.num_classes, step, state)
+    kind = None if optimizer is None else _optimizer_type(optimizer)
+    save_weight_shard(directory, head.weight, head.start, head.num_classes, step, state, kind)
     if rank_and_world_size(head.group)[1] > 1:
         dist.barrier(group=head.group)
 
@@ -149,13 +154,27 @@ def _num_classes(directory: Path) -> int:
     return recorded
 
 
-def _optimizer_state(parts: list[tuple[dict, slice]], weight: torch.Tensor, group: dict):
-    """The optimizer state of this block's rows: row tensors joined in class order and moved
-    to the weight, the other entries from the first file."""
+def _optimizer_type(optimizer) -> str:
+    """The class name of a torch optimizer, or of the one a SampledRowsOptimizer wraps."""
+    if isinstance(optimizer, SampledRowsOptimizer):
+        optimizer = optimizer.optimizer
+    return type(optimizer).__name__
+
+
+def _optimizer_state(parts: list[tuple[dict, slice]], weight: torch.Tensor, group: dict,
+                     kind: str):
+    """The optimizer state of this block's rows for a ``kind`` optimizer: row tensors joined
+    in class order and moved to the weight, the other entries from the first file."""
     for record, _ in parts:
         if record.get("optimizer") is None:
             raise ValueError(f"{record['path']} holds no optimizer state (saved without an "
                              f"optimizer); load with optimizer=None to restore the weight alone")
+        saved = record["optimizer"].get("type")
+        if saved is not None and saved != kind:
+            raise ValueError(f"{record['path']} holds optimizer state saved from {saved} "
+                             f"(keys {sorted(record['optimizer']['rows'])}), but the optimizer "
+                             f"given is {kind}; load into {saved}, or with optimizer=None to "
+                             "restore the weight alone")
     keys = {tuple(sorted(record["optimizer"]["rows"])) for record, _ in parts}
     if len(keys) > 1:
         raise ValueError(f"the shard files disagree on the optimizer state's keys: {keys}")
@@ -190,7 +209,7 @@ def load_sharded(directory: str | Path, head, optimizer=None) -> None:
                       if any(p is head.weight for p in g["params"])), None)
         if group is None:
             raise ValueError("the head's weight is not among the optimizer's parameters")
-        state = _optimizer_state(parts, head.weight, group)
+        state = _optimizer_state(parts, head.weight, group, _optimizer_type(optimizer))
     with torch.no_grad():
         head.weight.copy_(torch.cat([record["weight"][rows] for record, rows in parts]))
         if "step" in parts[0][0] and hasattr(head, "step"):
