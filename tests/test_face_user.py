@@ -152,29 +152,36 @@ def test_partial_fc_takes_a_numpy_block_size():
     assert head.block_size == 3 and type(head.block_size) is int
 
 
-def mixed_embedding_dim_worker(rank: int, world: int, port: int, out: str) -> None:
-    """Rank 1 builds its head with embedding_dim 6, rank 0 with 4 (a per-rank config)."""
+def mixed_sizes_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 1 builds its head with embedding_dim 6 (folder "dim") or num_classes 12 (folder
+    "classes"), rank 0 with 4 and 10 (a per-rank config)."""
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=10))
-    dim = 4 + 2 * rank
-    head = PartialFC(dim, 10, m2=0.5, scale=30.0)
+    dim, classes = (4 + 2 * rank, 10) if out.endswith("dim") else (4, 10 + 2 * rank)
+    head = PartialFC(dim, classes, m2=0.5, scale=30.0)
     try:
         head(torch.randn(3, dim), torch.tensor([0, 5, 9]))
         outcome = ("no error", "")
     except Exception as error:
         outcome = (type(error).__name__, str(error))
-    torch.save(outcome, f"{out}/dim{rank}.pt")
+    torch.save(outcome, f"{out}/{rank}.pt")
     os._exit(0)  # a failed collective may leave gloo threads behind: skip the teardown
 
 
-def test_ranks_built_with_different_embedding_dims_fail_together(tmp_path):
-    run_ranks(mixed_embedding_dim_worker, 2, str(tmp_path), timeout=60.0)
+@pytest.mark.parametrize("size, values", [("dim", "[4, 6]"), ("classes", "[10, 12]")])
+def test_ranks_built_with_different_sizes_fail_together(tmp_path, size, values):
+    """embedding_dim aborted gloo in C++; num_classes sharded the classes two ways and gave a
+    silently wrong loss."""
+    out = tmp_path / size
+    out.mkdir()
+    run_ranks(mixed_sizes_worker, 2, str(out), timeout=60.0)
+    name = {"dim": "embedding_dim", "classes": "num_classes"}[size]
     for rank in range(2):
-        kind, message = torch.load(tmp_path / f"dim{rank}.pt")
+        kind, message = torch.load(out / f"{rank}.pt")
         assert kind == "ValueError", (rank, kind, message)
-        assert "embedding_dim" in message and "[4, 6]" in message
+        assert name in message and values in message
 
 
 @pytest.mark.parametrize("saved,loaded", [("SGD", "Adam"), ("Adam", "SGD")])

@@ -1,9 +1,9 @@
 """The first collective of every step: agree on batch sizes and fail together.
 
 Each rank checks its own inputs, then all ranks exchange (batch size, error flag, needs-grad
-flags, embedding_dim) in one small all-gather. If any rank found a problem, every rank raises
-it (named by rank), so a bad label on one rank is a ValueError everywhere instead of one rank
-raising while the others wait in a collective until the timeout.
+flags, embedding_dim, num_classes) in one small all-gather. If any rank found a problem,
+every rank raises it (named by rank), so a bad label on one rank is a ValueError everywhere
+instead of one rank raising while the others wait in a collective until the timeout.
 """
 
 from __future__ import annotations
@@ -49,20 +49,24 @@ def handshake(
     grad_on = torch.is_grad_enabled()
     x_grad = problem is None and grad_on and embeddings.requires_grad
     graph = x_grad or (grad_on and weight.requires_grad)
-    flags = [rows, int(problem is not None), int(x_grad), int(graph), weight.shape[1]]
+    flags = [rows, int(problem is not None), int(x_grad), int(graph), weight.shape[1],
+             num_classes]
     flags = torch.tensor(flags, dtype=torch.int64, device=weight.device)
-    table = all_gather_stack(flags, group).tolist()  # (W, 5)
+    table = all_gather_stack(flags, group).tolist()  # (W, 6)
     if any(row[1] for row in table):
         report = (type(problem).__name__, str(problem)) if problem is not None else None
         reports = all_gather_objects(report, group)
         rank, (kind, message) = next((r, x) for r, x in enumerate(reports) if x is not None)
         error = TypeError if kind == "TypeError" else ValueError
         raise error(f"rank {rank}: {message}")
-    if len({row[4] for row in table}) > 1:  # gathering the rows would abort gloo in C++
-        raise ValueError(
-            "the ranks' heads were built with different embedding_dim "
-            f"({[row[4] for row in table]} in rank order); every rank needs the same one"
-        )
+    for column, name in ((4, "embedding_dim"), (5, "num_classes")):
+        # embedding_dim: gathering the rows would abort gloo in C++; num_classes: the ranks
+        # would shard the classes differently, and the loss would be silently wrong
+        if len({row[column] for row in table}) > 1:
+            raise ValueError(
+                f"the ranks' heads were built with different {name} "
+                f"({[row[column] for row in table]} in rank order); every rank needs the same one"
+            )
     if len({row[3] for row in table}) > 1:
         raise ValueError(
             "some ranks build an autograd graph for the loss and others do not (no_grad or a "
