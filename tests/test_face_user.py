@@ -202,3 +202,38 @@ def test_optimizer_state_of_another_optimizer_type_is_refused(tmp_path, saved, l
     with pytest.raises(ValueError, match=f"saved from {saved} .*optimizer given is {loaded};"):
         load_sharded(tmp_path, head, optimizer)
     assert optimizer.state[head.weight] == {}  # nothing half-loaded
+
+
+def nan_shard_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 1's weight shard holds a NaN (its part of a diverged run); rank 0's is fine."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=10))
+    head = PartialFC(4, 10, m2=0.5, scale=30.0)
+    if rank == 1:
+        with torch.no_grad():
+            head.weight[0, 1] = float("nan")
+    try:
+        head(torch.randn(3, 4), torch.tensor([0, 5, 9]))
+        outcome = ("no error", "")
+    except Exception as error:
+        outcome = (type(error).__name__, str(error))
+    torch.save(outcome, f"{out}/{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+def test_a_non_finite_weight_shard_is_named_on_every_rank(tmp_path):
+    """A NaN in one rank's rows gave every rank a silent NaN loss; now every rank raises the
+    same ValueError naming that rank (one process too)."""
+    head = PartialFC(4, 10, m2=0.5, scale=30.0)
+    with torch.no_grad():
+        head.weight[7, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"non-finite .* rank\(s\) \[0\]"):
+        head(torch.randn(3, 4), torch.tensor([0, 5, 9]))
+    run_ranks(nan_shard_worker, 2, str(tmp_path), timeout=60.0)
+    for rank in range(2):
+        kind, message = torch.load(tmp_path / f"{rank}.pt")
+        assert kind == "ValueError" and "rank(s) [1]" in message, (rank, kind, message)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..margins import Margin
 from ..validation import check_positive_int, check_scale
-from .comm import gather_rows, rank_and_world_size
+from .comm import all_gather_stack, gather_rows, rank_and_world_size
 from .handshake import handshake
 from .sampling import check_sample_rate, remap_targets, sample_rows, step_generator
 from .sharded_loss import check_impl, sharded_margin_cross_entropy
@@ -103,7 +103,18 @@ class PartialFC(nn.Module):
             x, weight, local_target, layout, self.scale, self.margin, self.group, self.block_size,
             self.impl,
         )
+        if not bool(torch.isfinite(loss)):  # the same loss on every rank: all of them are here
+            self._name_non_finite_shards()
         return loss if amp_dtype is None else loss.float()
+
+    def _name_non_finite_shards(self) -> None:
+        """The same ValueError on every rank when some rank's weight rows hold NaN or inf (a
+        diverged run), instead of a silent NaN loss."""
+        bad = torch.isfinite(self.weight).all().logical_not().long().view(1)  # (1,)
+        ranks = all_gather_stack(bad, self.group).view(-1).nonzero().view(-1).tolist()
+        if ranks:
+            raise ValueError(f"weight contains non-finite values (NaN or inf) in the classes "
+                             f"held by rank(s) {ranks}; the run has diverged")
 
     def extra_repr(self) -> str:
         return (
