@@ -7,8 +7,8 @@ Shapes: X (N, D) embeddings, W (C, D) class centres (the nn.Linear layout), y ei
 labels (N,) or a label matrix (N, C) (one-hot; soft rows where the loss allows). Mean over N.
 
 The seed (docs/seed.md) had four mistakes that are corrected here:
-- cross_entropy_loss's gradient is -y / (N P), not P - y (that is the gradient of softmax_loss
-  with respect to the logits Z, one chain rule later);
+- cross_entropy_loss's gradient is -y / (N P), not (P - y) / N (that is the gradient of
+  softmax_loss with respect to the logits Z, one chain rule later);
 - AM-Softmax's target logit is s (cos theta - m), not s cos(theta + m) (that is ArcFace);
 - softmax must subtract the row maximum or exp overflows for logits above ~709;
 - its am_softmax_loss used an undefined W and a wrong backward.
@@ -93,7 +93,7 @@ def cross_entropy_loss(P: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]
     cross-entropy of the softmax. The gradients differ because they are taken with respect
     to different things. Chain rule through P = softmax(Z), dP_ik/dZ_ij = P_ik (d_kj - P_ij):
         dL/dZ_ij = sum_k (-Y_ik / (N P_ik)) P_ik (d_kj - P_ij) = (P_ij sum_k Y_ik - Y_ij) / N
-    which is softmax_loss's dZ. The seed returned P - Y here, the gradient of the *other* one.
+    which is softmax_loss's dZ. The seed returned (P - Y) / N here, the *other* one's gradient.
 
     P (N, C) in [0, 1] (entries where y > 0 must be > 0); y (N,) int or (N, C)."""
     N, C = P.shape
