@@ -26,7 +26,8 @@ stops being monotonic in theta):
 
 ``blend`` (SphereFace's lambda) mixes in the plain cosine: (blend * cos + psi) / (1 + blend).
 ``straight_through`` uses psi' := 1 in the backward (what InsightFace's PyTorch ArcFace does).
-psi'(cos) = m1 * sin(t) / sin(theta) is infinite at cos = +-1; cos is clamped to
+psi'(cos) = m1 * sin(t) / sin(theta) is infinite at cos = +-1 unless sin(t) -> 0 there too
+(m2 = 0 at cos = 1, where it tends to m1^2; an integer m1 at cos = -1); cos is clamped to
 +-(1 - eps) there, so an embedding equal to its class centre still gets a finite gradient.
 """
 
