@@ -29,7 +29,8 @@ class AdaFace(Float64State, TargetLogitHead):
     t_alpha = 0.01; the EMAs start at mean 20, std 100). ``batch_mean`` and ``batch_std``
     are float64 buffers (saved in state_dict; float64 whatever dtype the head is moved to),
     updated on training-mode forwards before the margins are computed (as the official code
-    does), frozen in eval mode. impl: "auto", "eager" or "chunked" (never the (N, C) logits)."""
+    does), frozen in eval mode. impl: "auto", "eager", "chunked" (never the (N, C) logits) or
+    "triton" (CUDA)."""
 
     FLOAT64_BUFFERS = ("batch_mean", "batch_std")
 

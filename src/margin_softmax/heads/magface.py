@@ -23,8 +23,8 @@ class MagFace(TargetLogitHead):
     u_margin = 0.8, lambda_g = 35 from run/run.sh; easy margin, as the official MagLinear).
     fallback: "easy" (official default: no margin where cos <= 0) or "seed" (its
     easy_margin=False branch: cos - m sin m past theta + m = pi). No running state.
-    impl: "auto", "eager" or "chunked" (never the (N, C) logits; the margin's gradient
-    through |x_i| flows by autograd through the target logit)."""
+    impl: "auto", "eager", "chunked" (never the (N, C) logits) or "triton" (CUDA); the
+    margin's gradient through |x_i| flows by autograd through the target logit."""
 
     def __init__(
         self,
