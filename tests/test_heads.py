@@ -291,3 +291,14 @@ def test_sizes_may_be_numpy_integers_but_not_floats_or_bools():
     for bad in (10.0, True):
         with pytest.raises(ValueError, match=f"num_classes must be a positive int, got {bad}"):
             ms.ArcFace(5, bad)
+
+
+def test_softmax_loss_refuses_triton_and_magface_its_bounds_set_later():
+    """Both were accepted until the first forward, or (MagFace, a scheduler lowering
+    u_margin under l_margin) not at all: the margin then shrank as the magnitude grew."""
+    with pytest.raises(ValueError, match="impl='triton' covers the margin losses"):
+        ms.SoftmaxLoss(5, 9, impl="triton")
+    head = ms.MagFace(5, 9)
+    head.u_margin = 0.2  # below l_margin = 0.45
+    with pytest.raises(ValueError, match=r"u_margin must be .*0.2"):
+        head(torch.randn(3, 5) * 20, torch.tensor([0, 1, 2]))

@@ -162,6 +162,9 @@ class SoftmaxLoss(ClassCentresHead):
         self, embedding_dim: int, num_classes: int, *, bias: bool = True, impl: str = "auto"
     ) -> None:
         super().__init__(embedding_dim, num_classes, impl=impl)
+        if impl == "triton":  # now, not at the first forward
+            raise ValueError("impl='triton' covers the margin losses; SoftmaxLoss takes "
+                             "'auto', 'eager' or 'chunked'")
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -66,9 +66,12 @@ class MagFace(TargetLogitHead):
         return embeddings.norm(dim=1).clamp(self.l_a, self.u_a)
 
     def margins(self, a: torch.Tensor) -> torch.Tensor:
-        """m(a), linear from l_margin at l_a to u_margin at u_a (N,)."""
-        slope = (self.u_margin - self.l_margin) / (self.u_a - self.l_a)
-        return self.l_margin + slope * (a - self.l_a)
+        """m(a), linear from l_margin at l_a to u_margin at u_a (N,). The bounds are checked
+        here too: a MarginScheduler may change either."""
+        low = check_float("l_margin", self.l_margin, 0.0, math.pi, high_open=True)
+        high = check_float("u_margin", self.u_margin, low, math.pi, high_open=True)
+        slope = (high - low) / (self.u_a - self.l_a)
+        return low + slope * (a - self.l_a)
 
     def target_logit(self, cos_target, embeddings):
         m = self.margins(self.magnitudes(embeddings).to(cos_target.dtype))  # (N,)
