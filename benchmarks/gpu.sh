@@ -43,7 +43,7 @@ grep -i "best config" "$OUT_DIR/profile.log" | cut -c1-240
 
 echo "== tests: Triton kernels on CUDA (both schedules, 3 tuning candidates), then gpu-marked"
 MARGIN_SOFTMAX_QUICK_TUNE=1 timeout 200 "$PY" -m pytest -q -p no:warnings -p no:cacheprovider \
-    tests/test_triton.py 2>&1 | tee "$OUT_DIR/tests-triton.log" | tail -25 || status=1
+    tests/test_triton.py tests/test_triton_property.py 2>&1 | tee "$OUT_DIR/tests-triton.log" | tail -25 || status=1
 MARGIN_SOFTMAX_QUICK_TUNE=1 timeout 120 "$PY" -m pytest -q -p no:warnings -p no:cacheprovider \
     -m gpu --continue-on-collection-errors tests 2>&1 | tee "$OUT_DIR/tests-gpu.log" | tail -25 \
     || status=1
