@@ -1,7 +1,8 @@
-"""Compile every pruned tuning candidate of the Triton kernels for Hopper (sm_90a) without a
-GPU and print shared memory, registers per thread and spilled bytes (ptxas -v).
+"""Compile every pruned tuning candidate of the Triton kernels for an NVIDIA GPU (Hopper,
+sm_90a, by default) without a GPU and print shared memory, registers per thread and spilled
+bytes (ptxas -v). The candidates are pruned to that GPU's shared memory per block.
 
-    .venv/bin/python scripts/kernel_resources.py [--dim 512] [--dtype bf16]
+    .venv/bin/python scripts/kernel_resources.py [--dim 512] [--dtype bf16] [--arch 90|89|86|80]
 
 Uses triton.compile with a GPUTarget and the ptxas bundled with triton; integer arguments
 get the divisibility-by-16 hint the JIT would give them (as at D = 512, C = 1M), unit
@@ -30,7 +31,10 @@ FLOAT_ARGS = ("INV", "R", "M", "S", "T", "V", "LSE", "GR", "TGT")
 UNIT_STRIDES = ("stride_xd", "stride_wd")  # (gradient_tile_kernel's H has unit columns)
 
 
-def compile_kernel(fn, dtype: str, constants: dict, warps: int, stages: int):
+SHARED_MEMORY = {90: 227, 89: 99, 86: 99, 80: 163}  # KiB per block (opt-in maximum)
+
+
+def compile_kernel(fn, dtype: str, constants: dict, warps: int, stages: int, arch: int):
     signature, constexprs, attrs = {}, {}, {}
     constants = dict(constants, **{name: 1 for name in UNIT_STRIDES})
     for index, name in enumerate(fn.arg_names):
@@ -49,15 +53,16 @@ def compile_kernel(fn, dtype: str, constants: dict, warps: int, stages: int):
         if name != "R":
             attrs[(index,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": warps, "num_stages": stages})
 
 
-def ptxas_report(ptx: str) -> tuple[str, str]:
+def ptxas_report(ptx: str, arch: int) -> tuple[str, str]:
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas-blackwell")
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(ptx)
-    done = subprocess.run([ptxas, "--gpu-name=sm_90a", "-v", f.name, "-o", os.devnull],
+    gpu = "sm_90a" if arch == 90 else f"sm_{arch}"
+    done = subprocess.run([ptxas, f"--gpu-name={gpu}", "-v", f.name, "-o", os.devnull],
                           capture_output=True, text=True)
     text = done.stdout + done.stderr
     registers = re.findall(r"Used (\d+) registers", text)
@@ -69,7 +74,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    parser.add_argument("--arch", type=int, choices=sorted(SHARED_MEMORY), default=90)
     args = parser.parse_args()
+    config.DEFAULT_SHARED_MEMORY = SHARED_MEMORY[args.arch] * 1024  # what the pruners see
     dv, weight = config.padded_dim(args.dim), torch.empty(1, 1, dtype=DTYPES[args.dtype])
     precision = "ieee" if args.dtype == "fp32" else "tf32"
     kernels = [  # (name, kernel, accumulator, operand, flag, constants)
@@ -96,11 +103,11 @@ def main() -> None:
                 values["DV"] = dv
             try:
                 compiled = compile_kernel(kernel.fn, args.dtype, values, cfg.num_warps,
-                                          cfg.num_stages)
+                                          cfg.num_stages, args.arch)
             except Exception as error:  # report and go on: the autotuner skips these too
                 print(label, "FAILED", type(error).__name__, str(error)[:200].replace("\n", " "))
                 continue
-            registers, spilled = ptxas_report(compiled.asm["ptx"])
+            registers, spilled = ptxas_report(compiled.asm["ptx"], args.arch)
             print(label, f"shared {compiled.metadata.shared // 1024} KiB, registers "
                          f"{registers}, spilled {spilled} B", flush=True)
 

@@ -31,7 +31,7 @@ from triton import knobs
 
 SCHEDULE = "gemm"  # or "fused" (forward.py's v + backward.py); docs/triton.md compares them
 SHARED_MEMORY_FRACTION = 0.875  # of a block's shared memory; the rest is Triton's scratch
-HOPPER_SHARED_MEMORY = 227 * 1024  # per block on an H100 or H200 (for CPU tensors, below)
+DEFAULT_SHARED_MEMORY = 227 * 1024  # an H100's or H200's per block: for CPU tensors, below
 MAX_ACCUMULATOR_PER_THREAD = 128
 MAX_ROW_BYTES = 4096  # DV * itemsize above this (D > 2048 at 16 bits) fits no config
 ROWS_PER_BLOCK_FOR_SPLITS = 64
@@ -109,11 +109,12 @@ def shared_memory_bytes(device_index: int) -> int:
 
 def _shared_limit(named_args) -> int:
     """shared_memory_bytes of the GPU holding the kernel's weight; for CPU tensors (the
-    interpreter's one config, scripts/kernel_resources.py compiling for sm_90a) Hopper's."""
+    interpreter's one config, scripts/kernel_resources.py compiling for a chosen GPU)
+    DEFAULT_SHARED_MEMORY's share."""
     device = named_args["W"].device
     if device.type == "cuda":
         return shared_memory_bytes(device.index or 0)
-    return int(HOPPER_SHARED_MEMORY * SHARED_MEMORY_FRACTION)
+    return int(DEFAULT_SHARED_MEMORY * SHARED_MEMORY_FRACTION)
 
 
 def fits_on_chip(config, dv: int, itemsize: int, accumulator: str | None, operand: str,
