@@ -31,13 +31,14 @@ def positive_int(text: str) -> int:
 SEED_MAX = 2**64 - 1  # torch.manual_seed takes [0, 2**64 - 1]; NumPy's default_rng no negatives
 
 
-def seed_int(text: str) -> int:
-    message = f"expected an integer in [0, {SEED_MAX}], got {text!r}"
+def seed_int(text: str, high: int = SEED_MAX) -> int:
+    """An integer seed in [0, high] (functools.partial sets another high)."""
+    message = f"expected an integer in [0, {high}], got {text!r}"
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(message) from None
-    if not 0 <= value <= SEED_MAX:
+    if not 0 <= value <= high:
         raise argparse.ArgumentTypeError(message)
     return value
 

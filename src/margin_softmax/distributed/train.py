@@ -19,6 +19,7 @@ backbone's replicas are equal on every rank).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..cli.common import nonnegative_float, positive_float, positive_int
+from ..cli.common import nonnegative_float, positive_float, positive_int, seed_int
 from ..validation import check_scale
 from .checkpoint import (
     check_save_directory,
@@ -58,17 +59,6 @@ def _checked(check):
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     return convert
-
-
-def seed_int(text: str) -> int:
-    """[0, 2**63): torch.manual_seed(seed + 1 + rank) overflows past 2**64 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
-    return value
 
 
 def device_name(text: str) -> str:
@@ -101,7 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", help="auto (nccl on cuda, gloo on cpu)")
     p.add_argument("--timeout", type=positive_float, default=120.0,
                    help="seconds to wait for a rank")
-    p.add_argument("--seed", type=seed_int, default=0)
+    # below 2**63: torch.manual_seed(seed + 1 + rank) overflows past 2**64 - 1
+    p.add_argument("--seed", type=functools.partial(seed_int, high=2**63 - 1), default=0)
     p.add_argument("--log-every", type=positive_int, default=10)
     p.add_argument("--save", default=None, help="checkpoint directory written at the end")
     p.add_argument("--resume", default=None, help="checkpoint directory to continue from; "
