@@ -17,20 +17,34 @@ from margin_softmax.margins import Margin
 
 @st.composite
 def margins(draw):
-    """(Margin kwargs, scale_by_norm) from the families the heads use."""
+    """(Margin kwargs, scale_by_norm) from the families the heads use; combinations the core
+    refuses (checked elsewhere) are not drawn."""
     family = draw(st.sampled_from(["arc", "sphere", "combined"]))
+    by_norm = False
     if family == "arc":
         kwargs = dict(m2=draw(st.floats(0, 1.2)), m3=draw(st.floats(0, 0.5)),
                       fallback=draw(st.sampled_from(["none", "seed", "continuous", "easy"])),
                       straight_through=draw(st.booleans()))
-        return kwargs, False
-    if family == "sphere":
+    elif family == "sphere":
         kwargs = dict(m1=float(draw(st.integers(1, 4))), fallback="piecewise",
                       blend=draw(st.sampled_from([0.0, 5.0])))
-        return kwargs, draw(st.booleans())
-    kwargs = dict(m1=draw(st.floats(1.0, 2.0)), m2=draw(st.floats(0, 0.5)),
-                  m3=draw(st.floats(0, 0.3)), fallback="none")
-    return kwargs, False
+        by_norm = draw(st.booleans())
+    else:
+        kwargs = dict(m1=draw(st.floats(1.0, 2.0)), m2=draw(st.floats(0, 0.5)),
+                      m3=draw(st.floats(0, 0.3)), fallback="none")
+    try:
+        Margin(**kwargs)
+    except ValueError:
+        assume(False)
+    return kwargs, by_norm
+
+
+def random_inputs(n: int, c: int, d: int, seed: int):
+    """x (N, D), w (C, D) float64 and labels (N,), drawn from seed."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(c, d, generator=g, dtype=torch.float64)
+    return x, w, torch.randint(0, c, (n,), generator=g)
 
 
 @st.composite
@@ -73,14 +87,7 @@ def loss_and_grads(impl, x, w, y, **kwargs):
 def test_chunked_equals_eager_on_random_problems(problem, margin, scale, reduction):
     n, c, d, sizes, seed = problem
     kwargs, by_norm = margin
-    try:
-        Margin(**kwargs)
-    except ValueError:  # a combination the core refuses (checked elsewhere)
-        assume(False)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    w = torch.randn(c, d, generator=g, dtype=torch.float64)
-    y = torch.randint(0, c, (n,), generator=g)
+    x, w, y = random_inputs(n, c, d, seed)
     kwargs.update(scale=scale, reduction=reduction, scale_by_norm=by_norm)
     expected = loss_and_grads("eager", x, w, y, **kwargs)
     with chunked_sizes(n, c, **sizes):
