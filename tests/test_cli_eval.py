@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from margin_softmax import metrics, score_norm
 from margin_softmax.cli.main import main
 
 # Targets 0.9, 0.8, 0.3; non-targets 0.7, 0.5, 0.2, 0.1: EER = 1/3 by hand (FRR is 1/3
@@ -62,6 +63,84 @@ def test_embeddings_and_trials(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["eer"] == pytest.approx(0.25)  # see test_scoring
 
 
+@pytest.fixture
+def speakers(tmp_path):
+    """Six embeddings of three speakers, a trial list over all pairs, a cohort of ten."""
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(6, 4)) + np.repeat(rng.normal(size=(3, 4)), 2, axis=0)
+    names = [f"u{k}" for k in range(6)]
+    np.savez(tmp_path / "e.npz", embeddings=emb, names=np.array(names))
+    pairs = [(a, b) for a in range(6) for b in range(a + 1, 6)]
+    words = {True: "target", False: "nontarget"}
+    (tmp_path / "t").write_text(
+        "".join(f"u{a} u{b} {words[a // 2 == b // 2]}\n" for a, b in pairs)
+    )
+    cohort = rng.normal(size=(10, 4))
+    np.save(tmp_path / "c.npy", cohort)
+    e, t = np.array(pairs).T
+    return tmp_path, emb, cohort, e, t
+
+
+def _eval_json(capsys, *argv):
+    assert run(["eval", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cohort_normalises_the_cosine_scores(speakers, capsys):
+    path, emb, cohort, e, t = speakers
+    base = ["--embeddings", path / "e.npz", "--trials", path / "t"]
+    labels = np.array([a // 2 == b // 2 for a, b in zip(e, t, strict=True)], dtype=int)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    raw = (unit[e] * unit[t]).sum(1)
+    for k, name in ((4, "as-norm"), (None, "s-norm")):
+        got = _eval_json(capsys, *base, "--cohort", path / "c.npy", "--top-k", k or "all")
+        want = score_norm.normalize_scores(raw, e, t, emb, cohort, k)
+        assert got["eer"] == pytest.approx(metrics.eer(want, labels))
+        assert (got["score_norm"], got["top_k"], got["cohort_size"]) == (name, k, 10)
+    # the table names what was done
+    assert run(["eval", *base, "--cohort", path / "c.npy", "--top-k", "4"]) == 0
+    assert f"cosine, AS-norm (top 4 of 10 in {path / 'c.npy'})" in capsys.readouterr().out
+
+
+def test_cohort_labels_mean_one_member_per_label(speakers, capsys):
+    path, emb, cohort, e, t = speakers
+    np.savez(path / "c.npz", embeddings=cohort, labels=np.array(list("aabbbccdde")))
+    got = _eval_json(capsys, "--embeddings", path / "e.npz", "--trials", path / "t",
+                     "--cohort", path / "c.npz", "--top-k", "all")
+    assert got["cohort_size"] == 5
+    np.savez(path / "bad.npz", embeddings=cohort, labels=np.arange(9))
+    assert run(["eval", "--embeddings", path / "e.npz", "--trials", path / "t",
+                "--cohort", path / "bad.npz"]) == 2
+    assert "bad.npz: labels has shape (9,); expected (10,)" in capsys.readouterr().err
+
+
+def test_center_subtracts_the_mean_before_the_cosine(speakers, capsys):
+    path, emb, cohort, e, t = speakers
+    got = _eval_json(capsys, "--embeddings", path / "e.npz", "--trials", path / "t",
+                     "--center", path / "c.npy")
+    centred = emb - cohort.mean(0)
+    scores = [np.dot(centred[a], centred[b]) / np.linalg.norm(centred[a])
+              / np.linalg.norm(centred[b]) for a, b in zip(e, t, strict=True)]
+    labels = [int(a // 2 == b // 2) for a, b in zip(e, t, strict=True)]
+    assert got["eer"] == pytest.approx(metrics.eer(np.array(scores), np.array(labels)))
+    assert got["center"] == str(path / "c.npy")
+
+
+def test_cohort_errors_name_the_file(speakers, capsys):
+    path, emb, cohort, e, t = speakers
+    base = ["eval", "--embeddings", path / "e.npz", "--trials", path / "t"]
+    np.save(path / "narrow.npy", cohort[:, :3])
+    for option in ("--cohort", "--center"):
+        assert run([*base, option, path / "narrow.npy"]) == 2
+        err = capsys.readouterr().err
+        assert f"{path / 'narrow.npy'} has 3 columns but {path / 'e.npz'} has 4" in err
+    assert run([*base, "--cohort", path / "c.npy"]) == 2  # default --top-k 300 > 10
+    err = capsys.readouterr().err
+    assert "--top-k 300 exceeds the 10 embeddings of" in err and err.count("\n") == 1
+    assert run([*base, "--cohort", path / "missing.npy"]) == 2
+    assert "missing.npy: no such file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "content, line, fragment",
     [
@@ -97,6 +176,10 @@ def test_missing_score_and_one_class(files, tmp_path, capsys):
         (["--scores", "missing.txt"], "missing.txt: no such file"),
         (["--scores", "x", "--p-target", "2"], "--p-target must lie in (0, 1)"),
         (["--scores", "x", "--far", "abc"], "argument --far: invalid float value"),
+        (["--scores", "x", "--cohort", "c.npy"], "--cohort needs --embeddings"),
+        (["--scores", "x", "--center", "c.npy"], "--center needs --embeddings"),
+        (["--scores", "x", "--top-k", "1"], "argument --top-k: must be at least 2"),
+        (["--scores", "x", "--top-k", "many"], "argument --top-k: expected an integer >= 2"),
     ],
 )
 def test_argument_errors_exit_2(argv, fragment, capsys):

@@ -1,6 +1,8 @@
 """What a speaker-verification engineer trips on: VoxCeleb-style trial lists over row indices,
 label files, output paths, and option errors of the CLI."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -262,3 +264,30 @@ def test_running_state_stays_float64_when_the_head_changes_dtype(name, conversio
         assert saved[key].dtype == torch.float64 and getattr(fresh, key).item() == value
     head.train()(torch.randn(4, 8, dtype=head.weight.dtype), torch.tensor([0, 1, 2, 3]))
     assert all(getattr(head, key).dtype == torch.float64 for key in state)
+
+
+def test_train_export_serves_as_centre_and_speaker_mean_cohort(tmp_path, capsys):
+    """The recipe: train, export the training set (.npz with labels) and a test set, then
+    score test trials centred on the training mean and AS-normed against its speakers."""
+    x, y = ms.data.synthetic_identities(12, 10, 6, seed=4)
+    train, test = y < 8, y >= 8  # four identities never seen in training
+    np.savez(tmp_path / "train.npz", features=x[train], labels=y[train])
+    np.save(tmp_path / "test.npy", x[test])
+    tiny = ["--epochs", "3", "--batch-size", "16", "--hidden-dim", "16", "--embedding-dim",
+            "4", "--threads", "1", "--quiet"]
+    assert run(["train", tmp_path / "train.npz", *tiny, "--checkpoint-dir", tmp_path / "ck",
+                "--export-embeddings", tmp_path / "emb_train.npz"]) == 0
+    assert run(["train", tmp_path / "train.npz", *tiny, "--checkpoint-dir", tmp_path / "ck",
+                "--resume", "--embed", tmp_path / "test.npy",
+                "--export-embeddings", tmp_path / "emb_test.npy"]) == 0
+    speaker = y[test]
+    lines = [f"{a} {b} {'target' if speaker[a] == speaker[b] else 'nontarget'}"
+             for a in range(len(speaker)) for b in range(a + 1, len(speaker))]
+    (tmp_path / "trials").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert run(["eval", "--embeddings", tmp_path / "emb_test.npy", "--trials",
+                tmp_path / "trials", "--center", tmp_path / "emb_train.npz", "--cohort",
+                tmp_path / "emb_train.npz", "--top-k", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cohort_size"] == 8  # one mean per training speaker
+    assert result["trials"] == len(lines) and 0 <= result["eer"] <= 0.5

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from .score_norm import class_means, unit_rows
 
 LABELS = {"target": 1, "nontarget": 0, "non-target": 0, "1": 1, "0": 0}
 
@@ -193,12 +194,12 @@ def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | No
     return embeddings.astype(np.float64), names
 
 
-def cosine_scores(
-    embeddings: np.ndarray, names: list[str] | None, trials: Trials, trials_path, emb_path
-) -> np.ndarray:
-    """cos(e_enroll, e_test) of each trial (T,); trials name rows by ``names`` or by index."""
+def trial_rows(
+    n: int, names: list[str] | None, trials: Trials, trials_path, emb_path
+) -> tuple[np.ndarray, np.ndarray]:
+    """The embedding rows (enroll (T,), test (T,)) of each trial: by ``names`` or, when the
+    file has none, by index 0..n-1."""
     index = {name: k for k, name in enumerate(names)} if names is not None else None
-    n = embeddings.shape[0]
 
     def row(key: str, t: int) -> int:
         if index is not None:
@@ -213,8 +214,40 @@ def cosine_scores(
 
     i = np.array([row(k, t) for t, k in enumerate(trials.enroll)], dtype=np.int64)  # (T,)
     j = np.array([row(k, t) for t, k in enumerate(trials.test)], dtype=np.int64)  # (T,)
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    return i, j
+
+
+def cosine_scores(
+    embeddings: np.ndarray, names: list[str] | None, trials: Trials, trials_path, emb_path
+) -> np.ndarray:
+    """cos(e_enroll, e_test) of each trial (T,); trials name rows by ``names`` or by index."""
+    i, j = trial_rows(embeddings.shape[0], names, trials, trials_path, emb_path)
+    return pair_cosines(embeddings, i, j)
+
+
+def pair_cosines(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """cos(e_i[t], e_j[t]) (T,) for rows i (T,) and j (T,) of embeddings (N, D)."""
+    unit = unit_rows(embeddings)
     return np.einsum("td,td->t", unit[i], unit[j])
+
+
+def read_cohort(path: str | os.PathLike) -> np.ndarray:
+    """A score-normalisation cohort (M, D): a .npy, or a .npz's ``embeddings``; where the
+    .npz also has ``labels`` (M,), the mean embedding of each label (its speakers)."""
+    embeddings, _ = read_embeddings(path)
+    loaded, labels = np.load(path, allow_pickle=False), None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            try:
+                labels = loaded["labels"] if "labels" in loaded.files else None
+            except ValueError as error:  # an object array
+                raise ScoreFileError(path, f"labels cannot be read ({error})") from None
+    if labels is None:
+        return embeddings
+    if labels.shape != (embeddings.shape[0],):
+        raise ScoreFileError(path, f"labels has shape {labels.shape}; expected "
+                             f"({embeddings.shape[0]},), one per embedding")
+    return class_means(embeddings, labels)
 
 
 def far_key(far: float) -> str:

@@ -4,6 +4,7 @@ or from embeddings plus a trial list (cosine scoring). See scoring.py for the fo
     margin-softmax eval --trials trials.txt --scores scores.txt      # Kaldi / VoxCeleb
     margin-softmax eval --scores label_score.txt                     # two columns
     margin-softmax eval --embeddings emb.npy --trials trials.txt     # cosine scoring
+    margin-softmax eval --embeddings emb.npy --trials trials.txt --cohort train.npz  # AS-norm
 """
 
 from __future__ import annotations
@@ -11,8 +12,26 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
+
 from .. import scoring
+from ..score_norm import normalize_scores
 from .common import CliError
+
+
+def top_k(text: str) -> int | None:
+    """--top-k: an int >= 2, or 'all' (None: S-norm)."""
+    if text.lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 2 or 'all', got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (one score has no spread), "
+                                         f"got {value}")
+    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +47,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", help="trial list: 'enroll test target|nontarget' per line")
     p.add_argument("--scores", help="scores: 'enroll test score' (with --trials) or 'label score'")
     p.add_argument("--embeddings", help=".npy/.npz embeddings to score by cosine (with --trials)")
+    p.add_argument("--cohort", metavar="FILE",
+                   help="normalise the cosine scores against this cohort (AS-norm): .npy, or "
+                   ".npz 'embeddings' with optional 'labels' (then one mean per label)")
+    p.add_argument("--top-k", type=top_k, default=300, metavar="K",
+                   help="cohort scores per side of a trial (default 300; 'all': S-norm)")
+    p.add_argument("--center", metavar="FILE",
+                   help="subtract the mean of these embeddings (e.g. the training set's, "
+                   ".npy/.npz) from the embeddings and the cohort before scoring")
     p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], metavar="P",
                    help="prior(s) of the minDCF (default 0.01 0.05)")
     p.add_argument("--far", type=float, nargs="+", default=[1e-3], metavar="FAR",
@@ -36,17 +63,62 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _same_width(array: np.ndarray, path, width: int, emb_path) -> np.ndarray:
+    if array.shape[1] != width:
+        raise CliError(f"{path} has {array.shape[1]} columns but {emb_path} has {width}")
+    return array
+
+
+def embedding_scores(args: argparse.Namespace, trials: scoring.Trials):
+    """Cosine scores (T,) of the trials from --embeddings, centred with --center and
+    normalised against --cohort where given, and how they were made (a dict)."""
+    embeddings, names = scoring.read_embeddings(args.embeddings)  # (N, D)
+    width = embeddings.shape[1]
+    center = np.zeros(width)  # (D,)
+    if args.center:
+        center = _same_width(scoring.read_embeddings(args.center)[0], args.center, width,
+                             args.embeddings).mean(0)
+    embeddings = embeddings - center
+    i, j = scoring.trial_rows(len(embeddings), names, trials, args.trials, args.embeddings)
+    scores = scoring.pair_cosines(embeddings, i, j)  # (T,)
+    how = {"scoring": "cosine", "center": args.center}
+    if not args.cohort:
+        return scores, how
+    cohort = _same_width(scoring.read_cohort(args.cohort), args.cohort, width, args.embeddings)
+    if args.top_k is not None and args.top_k > len(cohort):
+        raise CliError(f"--top-k {args.top_k} exceeds the {len(cohort)} embeddings of "
+                       f"{args.cohort} (--top-k all uses every one: S-norm)")
+    how.update(score_norm="s-norm" if args.top_k is None else "as-norm", top_k=args.top_k,
+               cohort=args.cohort, cohort_size=len(cohort))
+    return normalize_scores(scores, i, j, embeddings, cohort - center, args.top_k), how
+
+
+NAMES = {"as-norm": "AS-norm", "s-norm": "S-norm"}
+
+
+def describe(how: dict) -> str:
+    """'cosine, centred on train.npy, AS-norm (top 300 of 5994 in cohort.npz)'."""
+    text = "cosine" + (f", centred on {how['center']}" if how["center"] else "")
+    if "score_norm" in how:
+        k = "all" if how["top_k"] is None else f"top {how['top_k']}"
+        text += f", {NAMES[how['score_norm']]} ({k} of {how['cohort_size']} in {how['cohort']})"
+    return text
+
+
 def load(args: argparse.Namespace):
-    """Scores (T,), labels (T,) and the file that gave the labels, from the chosen inputs."""
+    """Scores (T,), labels (T,), the file that gave the labels and how the scores were made
+    (a dict, empty for score files), from the chosen inputs."""
     if args.embeddings and args.scores:
         raise CliError("give --scores or --embeddings, not both")
+    for option in ("cohort", "center"):
+        if getattr(args, option) and not args.embeddings:
+            raise CliError(f"--{option} needs --embeddings (score files hold no embeddings)")
     if args.embeddings:
         if not args.trials:
             raise CliError("--embeddings needs --trials (which pairs to score)")
         trials = scoring.read_trials(args.trials)
-        embeddings, names = scoring.read_embeddings(args.embeddings)
-        scores = scoring.cosine_scores(embeddings, names, trials, args.trials, args.embeddings)
-        return scores, trials.labels, args.trials
+        scores, how = embedding_scores(args, trials)
+        return scores, trials.labels, args.trials, how
     if not args.scores:
         raise CliError("nothing to evaluate: give --scores (with or without --trials) or "
                        "--embeddings with --trials")
@@ -54,9 +126,9 @@ def load(args: argparse.Namespace):
         trials = scoring.read_trials(args.trials)
         table = scoring.read_scores(args.scores)
         return scoring.join_scores(trials, table, args.trials, args.scores), trials.labels, \
-            args.trials
+            args.trials, {}
     scores, labels = scoring.read_label_scores(args.scores)
-    return scores, labels, args.scores
+    return scores, labels, args.scores, {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,16 +138,18 @@ def run(args: argparse.Namespace) -> int:
     for far in args.far:
         if not 0 <= far <= 1:
             raise CliError(f"--far must lie in [0, 1]; got {far:g}")
-    scores, labels, source = load(args)
+    scores, labels, source, how = load(args)
     scoring.check_both_classes(labels, source)
     result = {"trials": int(labels.size), "targets": int(labels.sum()),
-              "nontargets": int(labels.size - labels.sum())}
+              "nontargets": int(labels.size - labels.sum()), **how}
     result.update(scoring.summary(scores, labels, args.p_target, args.far))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{'trials':<16}{result['trials']} ({result['targets']} targets, "
           f"{result['nontargets']} non-targets)")
+    if how:
+        print(f"{'scoring':<16}{describe(how)}")
     print(f"{'EER':<16}{100 * result['eer']:.2f}%")
     for p in args.p_target:
         print(f"{f'minDCF({p:g})':<16}{result[f'min_dcf_{p:g}']:.4f}")
