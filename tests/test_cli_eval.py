@@ -86,6 +86,23 @@ def _eval_json(capsys, *argv):
     return json.loads(capsys.readouterr().out)
 
 
+def test_folds_give_the_kfold_accuracy(files, capsys):
+    got = _eval_json(capsys, "--scores", files / "ls.txt", "--folds", "7")
+    # 7 trials, 7 folds: each trial judged at the best threshold of the other six (targets
+    # 0.9, 0.8, 0.3; non-targets 0.7, 0.5, 0.2, 0.1). By hand: without 0.9 the best accepts
+    # >= 0.8 (5/6), halfway to 0.7 is 0.75: 0.9 right; without 0.8: >= 0.9, t = 0.8, right;
+    # without 0.3: >= 0.8 (6/6), t = 0.75, 0.3 wrong; without 0.7: >= 0.8 and >= 0.3 tie at
+    # 5/6, the first gives t = 0.65, 0.7 wrong; without 0.5, 0.2 or 0.1: t = 0.75, right.
+    assert got["folds"] == 7
+    assert got["kfold_accuracy"] == pytest.approx(5 / 7)
+    assert run(["eval", "--scores", files / "ls.txt", "--folds", "7"]) == 0
+    assert "7-fold acc      71.43% ± 45.18%" in capsys.readouterr().out
+    assert run(["eval", "--scores", files / "ls.txt", "--folds", "3"]) == 2  # 3 targets first
+    assert "fold 1 of 3: the other folds hold only non-targets" in capsys.readouterr().err
+    assert run(["eval", "--scores", files / "ls.txt", "--folds", "8"]) == 2
+    assert "--folds must lie in [2, 7] (the trials); got 8" in capsys.readouterr().err
+
+
 def test_cohort_normalises_the_cosine_scores(speakers, capsys):
     path, emb, cohort, e, t = speakers
     base = ["--embeddings", path / "e.npz", "--trials", path / "t"]

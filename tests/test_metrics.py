@@ -4,7 +4,7 @@ from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import roc_curve
 
-from margin_softmax.metrics import accuracy, eer, min_dcf, roc_points, tar_at_far
+from margin_softmax.metrics import accuracy, eer, kfold_accuracy, min_dcf, roc_points, tar_at_far
 
 
 def random_trials(n, seed, decimals=None):
@@ -254,3 +254,49 @@ def test_min_dcf_rejects_bad_costs(kwargs, match):
 def test_tar_at_far_rejects_bad_far(far):
     with pytest.raises(ValueError, match="far must lie in"):
         tar_at_far([0.1, 0.9], [0, 1], far=far)
+
+
+def brute_force_kfold(scores, labels, folds):
+    """Each fold at the first threshold, from +inf down through the midpoints between the
+    other folds' distinct scores to -inf, that classifies the other folds best."""
+    fold_of = np.repeat(np.arange(folds), [len(a) for a in np.array_split(scores, folds)])
+    result = []
+    for k in range(folds):
+        train, test = fold_of != k, fold_of == k
+        distinct = sorted(set(scores[train]), reverse=True)
+        gaps = [(a + b) / 2 for a, b in zip(distinct, distinct[1:], strict=False)]
+        best, best_t = -1.0, None
+        for t in [np.inf, *gaps, -np.inf]:
+            right = np.mean((scores[train] >= t) == (labels[train] == 1))
+            if right > best:
+                best, best_t = right, t
+        result.append(np.mean((scores[test] >= best_t) == (labels[test] == 1)))
+    return np.mean(result), np.std(result)
+
+
+@pytest.mark.parametrize("folds, decimals", [(10, None), (10, 1), (3, 0), (2, None)])
+def test_kfold_accuracy_matches_brute_force(folds, decimals):
+    scores, labels = random_trials(123, seed=folds, decimals=decimals)
+    got = kfold_accuracy(scores, labels, folds)
+    np.testing.assert_allclose(got, brute_force_kfold(scores, labels, folds), rtol=1e-12)
+
+
+def test_kfold_accuracy_of_separable_and_of_chance_scores():
+    labels = np.tile([0, 1], 300)
+    assert kfold_accuracy(labels + 0.1 * np.arange(600) / 600, labels) == (1.0, 0.0)
+    mean, std = kfold_accuracy(np.random.default_rng(0).random(600), labels)
+    assert 0.4 < mean < 0.6 and std > 0
+
+
+@pytest.mark.parametrize(
+    "folds, labels, match",
+    [
+        (1, [0, 1, 0, 1], r"folds must be an int >= 2; got 1"),
+        (2.0, [0, 1, 0, 1], r"folds must be an int >= 2; got 2\.0"),
+        (5, [0, 1, 0, 1], r"folds = 5 exceeds the 4 trials"),
+        (2, [1, 1, 0, 0], r"fold 1 of 2: the other folds hold only non-targets"),
+    ],
+)
+def test_kfold_accuracy_rejects_bad_folds(folds, labels, match):
+    with pytest.raises(ValueError, match=match):
+        kfold_accuracy([0.1, 0.2, 0.3, 0.4], labels, folds)

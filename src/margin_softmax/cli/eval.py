@@ -14,9 +14,9 @@ import json
 
 import numpy as np
 
-from .. import scoring
+from .. import metrics, scoring
 from ..score_norm import normalize_scores
-from .common import CliError
+from .common import CliError, positive_int
 
 
 def top_k(text: str) -> int | None:
@@ -59,6 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="prior(s) of the minDCF (default 0.01 0.05)")
     p.add_argument("--far", type=float, nargs="+", default=[1e-3], metavar="FAR",
                    help="false-accept rate(s) of the TAR (default 0.001)")
+    p.add_argument("--folds", type=positive_int, metavar="K",
+                   help="also the K-fold verification accuracy (LFW protocol, e.g. 10): "
+                   "trials in file order, K consecutive folds")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(run=run)
 
@@ -143,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
     result = {"trials": int(labels.size), "targets": int(labels.sum()),
               "nontargets": int(labels.size - labels.sum()), **how}
     result.update(scoring.summary(scores, labels, args.p_target, args.far))
+    if args.folds:
+        if not 2 <= args.folds <= labels.size:
+            raise CliError(f"--folds must lie in [2, {labels.size}] (the trials); got "
+                           f"{args.folds}")
+        mean, std = metrics.kfold_accuracy(scores, labels, args.folds)
+        result.update(folds=args.folds, kfold_accuracy=mean, kfold_accuracy_std=std)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -155,4 +164,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{f'minDCF({p:g})':<16}{result[f'min_dcf_{p:g}']:.4f}")
     for far in args.far:
         print(f"{f'TAR@FAR={far:g}':<16}{100 * result[scoring.far_key(far)]:.2f}%")
+    if args.folds:
+        print(f"{f'{args.folds}-fold acc':<16}{100 * result['kfold_accuracy']:.2f}% "
+              f"± {100 * result['kfold_accuracy_std']:.2f}%")
     return 0
