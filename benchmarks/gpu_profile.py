@@ -26,6 +26,21 @@ def median_ms(fn, device: str, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def print_tuned_configs() -> None:
+    """One line per autotuned kernel and tuning key: the config it runs. TRITON_PRINT_AUTOTUNING
+    prints a pick only when this process tuned it, not when it came from Triton's disk cache
+    (as after the benchmark at the same size); under the interpreter there is one config."""
+    from margin_softmax.kernels import backward, forward, gradient_tiles
+
+    for kernel in (forward.lse_kernel, gradient_tiles.gradient_tile_kernel,
+                   backward.weight_grad_kernel):
+        picks = dict(kernel.cache)
+        if not picks and hasattr(kernel, "best_config"):  # one config: no cache
+            picks["(only config)"] = kernel.best_config
+        for key, config in picks.items():
+            print(f"tuned {kernel.base_fn.__name__} {key}: {config}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1024x512x1000000", help="NxDxC")
@@ -69,6 +84,7 @@ def main(argv=None) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by=f"{device}_time_total", row_limit=8))
+    print_tuned_configs()
 
 
 if __name__ == "__main__":
