@@ -1,14 +1,18 @@
 """The benchmark harness on a tiny problem: every variant runs in its own process and lands
 in the CSV with its ratios, the floor's own ratios are 1, and a variant that cannot run at a
-size is skipped with a note instead of failing the run (the GPU script relies on all that)."""
+size is skipped with a note instead of failing the run (the GPU script relies on all that);
+and benchmarks/gpu.sh's dry run goes through every step of the script."""
 
 import csv
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GPU_SH = ROOT / "benchmarks" / "gpu.sh"
 
 
 def test_benchmark_writes_every_variant_with_its_ratios(tmp_path):
@@ -35,3 +39,28 @@ def test_benchmark_writes_every_variant_with_its_ratios(tmp_path):
             assert math.isfinite(float(row["interleaved_ratio"])), row
             assert float(row["interleaved_ratio"]) > 0
     assert "same proc" in done.stdout
+
+
+def test_gpu_script_dry_run_goes_through_every_step(tmp_path):
+    """GPU_SH_DRY_RUN=1 runs gpu.sh's own command lines on the CPU at a tiny size (Triton
+    interpreted, the tests only collected): a broken step fails here, not on a lent GPU."""
+    env = dict(os.environ, GPU_SH_DRY_RUN="1", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(GPU_SH), str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    impls = re.search(r"--impls (\S+)", GPU_SH.read_text()).group(1).split(",")
+    with open(tmp_path / "results.csv") as handle:
+        rows = {r["variant"]: r for r in csv.DictReader(handle)}
+    assert list(rows) == impls
+    for row in rows.values():  # a time, or a skip the harness chose (not a failure)
+        assert (row["median_s"] and float(row["median_s"]) > 0) or row["note"].startswith(
+            "skipped"), row
+    assert re.search(r"-> keep (gemm|fused)$", done.stdout, re.MULTILINE), done.stdout
+    assert "forward + backward" in done.stdout and "Self CPU time total" in done.stdout
+    assert re.search(r"^tuned lse_kernel ", done.stdout, re.MULTILINE), done.stdout
+    collected = {}
+    for log in ("tests-triton.log", "tests-gpu.log"):
+        text = (tmp_path / log).read_text()
+        collected[log] = dict(re.findall(r"^tests/(\S+\.py): (\d+)$", text, re.MULTILINE))
+    assert set(collected["tests-triton.log"]) == {"test_triton.py", "test_triton_property.py"}
+    assert int(collected["tests-gpu.log"].get("test_triton.py", 0)) > 0, collected
