@@ -38,7 +38,7 @@ def print_tuned_configs() -> None:
         if not picks and hasattr(kernel, "best_config"):  # one config: no cache
             picks["(only config)"] = kernel.best_config
         for key, config in picks.items():
-            print(f"tuned {kernel.base_fn.__name__} {key}: {config}")
+            print(f"tuned {kernel.fn.__name__} {key}: {config}")
 
 
 def main(argv=None) -> None:
