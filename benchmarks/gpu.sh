@@ -8,7 +8,7 @@
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]         # from anywhere; results in OUT_DIR
 #   PYTHON=python3 bash benchmarks/gpu.sh    # another interpreter (default: .venv, else python3)
-#   GPU_SH_DRY_RUN=1 bash benchmarks/gpu.sh OUT_DIR  # no GPU: the same steps on the CPU at a
+#   GPU_SH_DRY_RUN=1 bash benchmarks/gpu.sh [OUT_DIR]  # no GPU: the same steps on the CPU at a
 #       tiny size under TRITON_INTERPRET=1, the tests only collected (~40 s; checks the script)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${GPU_SH_DRY_RUN:-0}" = 1 ]; then
     DEVICE=cpu SIZE=8x16x40 REPEATS=1 COLLECT=--collect-only
+    OUT_DIR=${1:-/tmp/gpu-sh-dry-run}  # never over the GPU results
     export TRITON_INTERPRET=1
 else
     DEVICE=cuda SIZE=1024x512x1000000 REPEATS=20 COLLECT=
