@@ -80,6 +80,8 @@ def run_child(variant: str, size, args) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in args.sizes:
         floor = run_child("floor", size, args)
@@ -96,10 +98,8 @@ def main(argv=None) -> None:
                 row.note = f"first step {first:.0f} MiB"
             rows.append(row)
             print(f"  {variant} {row.size_text}: {row.note or 'done'}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+            write_csv(rows, args, out / "results.csv")  # what is measured survives a kill
     print_table(rows, args)
-    write_csv(rows, args, out / "results.csv")
     write_plot(rows, args, out / "results.png")
     print(f"\nwrote {out / 'results.csv'} and {out / 'results.png'}")
 

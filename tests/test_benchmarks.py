@@ -41,6 +41,28 @@ def test_benchmark_writes_every_variant_with_its_ratios(tmp_path):
     assert "same proc" in done.stdout
 
 
+def test_a_run_killed_midway_keeps_the_rows_measured_so_far(tmp_path, monkeypatch):
+    """gpu.sh kills the benchmark at its time limit: the CSV must hold what was measured."""
+    from benchmarks import __main__ as bench
+
+    def child(variant, size, args):
+        if variant == "eager":
+            raise KeyboardInterrupt  # what the outer timeout's signal amounts to
+        return {"median_s": 0.5 if variant == "floor" else 0.6, "peak_mb": 100.0,
+                "floor_mb": 90.0}
+
+    monkeypatch.setattr(bench, "run_child", child)
+    try:
+        bench.main(["--sizes", "8x4x100", "--impls", "floor,auto,eager", "--out",
+                    str(tmp_path)])
+    except KeyboardInterrupt:
+        pass
+    with open(tmp_path / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["variant"] for r in rows] == ["floor", "auto"]
+    assert float(rows[1]["time_ratio"]) == 1.2
+
+
 def test_gpu_script_dry_run_goes_through_every_step(tmp_path):
     """GPU_SH_DRY_RUN=1 runs gpu.sh's own command lines on the CPU at a tiny size (Triton
     interpreted, the tests only collected): a broken step fails here, not on a lent GPU."""
