@@ -4,10 +4,12 @@ tests/test_readme.py runs README.md's block and tests/test_migrating.py docs/mig
 this file runs every other page's blocks, top to bottom in one namespace per page, as a
 reader would, after a preamble that defines the names a page leaves to the reader (x,
 weight, labels, ...). The value of each bare expression (`head.scale`, ...) is kept, and a
-check per page asserts what the page's text and comments say about it."""
+check per page asserts what the page's text and comments say about it. The loss and head
+pages show each constructor with its defaults: those values are checked against the class."""
 
 import ast
 import doctest
+import inspect
 import math
 import re
 import types
@@ -197,6 +199,34 @@ PAGES = {
     "seed.md": (None, (), check_seed),
     "distributed.md": (distributed_names, (0,), check_distributed),
 }
+
+
+def constructor_calls(code: str) -> list[tuple[str, dict]]:
+    """(class name, keyword values) of every `ms.Head(embedding_dim, num_classes, ...)` call:
+    the form in which the loss and head pages show a constructor with its defaults."""
+    calls = []
+    for node in ast.walk(ast.parse(code if ">>>" not in code else "")):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and [getattr(a, "id", None) for a in node.args] == ["embedding_dim",
+                                                                    "num_classes"]):
+            keywords = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+            calls.append((node.func.attr, keywords))
+    return calls
+
+
+SIGNATURE_PAGES = sorted(name for name in PAGES if name.startswith(("losses/", "heads/")))
+
+
+@pytest.mark.parametrize("name", SIGNATURE_PAGES)
+def test_constructor_shown_with_its_defaults(name):
+    calls = [call for code in python_blocks(DOCS / name) for call in constructor_calls(code)]
+    if name == "heads/margin_scheduler.md":
+        assert not calls
+        return
+    assert calls, name
+    for head, keywords in calls:
+        defaults = inspect.signature(getattr(ms, head)).parameters
+        assert {k: defaults[k].default for k in keywords} == keywords, head
 
 
 def test_every_page_with_python_is_run_somewhere():
