@@ -103,6 +103,15 @@ def test_a_bad_weight_decay_names_the_option(tmp_path, capsys, value):
     )
 
 
+def test_a_margin_schedule_that_ends_after_the_last_epoch_names_both_options(tmp_path, capsys):
+    x, y = ms.data.synthetic_identities(4, 6, 5, seed=0)
+    np.savez(tmp_path / "d.npz", features=x, labels=y)
+    argv = ["train", tmp_path / "d.npz", "--epochs", "3", "--quiet", "--margin-schedule", "2", "4"]
+    assert run(argv) == 2
+    assert ("error: --margin-schedule 2 4: END is past --epochs 3, so the margin would never "
+            "reach its value") in capsys.readouterr().err
+
+
 def test_a_margin_schedule_that_ends_before_it_starts_names_the_option(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", features=np.ones((4, 3), np.float32), labels=np.arange(4) % 2)
     argv = ["train", tmp_path / "d.npz", "--epochs", "1", "--quiet", "--margin-schedule", "5", "2"]

@@ -125,6 +125,9 @@ def margin_scheduler(args: argparse.Namespace, head: torch.nn.Module, steps_per_
     start, end = args.margin_schedule
     if end < start:
         raise CliError(f"--margin-schedule {start} {end}: END must be >= START")
+    if end > args.epochs:
+        raise CliError(f"--margin-schedule {start} {end}: END is past --epochs {args.epochs}, "
+                       f"so the margin would never reach its value")
     if not hasattr(head, "margin"):
         raise CliError(f"--margin-schedule: loss {args.loss!r} has no single 'margin' to warm up")
     scheduler = MarginScheduler(
