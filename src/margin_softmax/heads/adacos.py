@@ -19,7 +19,7 @@ from ..functional import AUTO_CHUNK_ELEMENTS, normalize
 from ..margins import Margin
 from ..validation import check_embeddings, check_labels, check_scale
 from .base import MarginHead
-from .float64_state import Float64State
+from .float64_state import Float64State, state_update
 
 
 class AdaCos(Float64State, MarginHead):
@@ -70,6 +70,7 @@ class AdaCos(Float64State, MarginHead):
             self.update_scale(embeddings, labels)
         return super().forward(embeddings, labels)
 
+    @state_update
     @torch.no_grad()
     def update_scale(self, embeddings: torch.Tensor, labels: torch.Tensor) -> float:
         """The dynamic update from one batch; returns the new scale. B_avg is accumulated as

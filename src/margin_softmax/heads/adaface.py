@@ -19,7 +19,7 @@ import math
 import torch
 
 from .eager import TargetLogitHead, check_float
-from .float64_state import Float64State
+from .float64_state import Float64State, state_update
 
 EPS = 1e-3  # the official code's eps: cosine clamp, theta clip and the std guard
 
@@ -57,6 +57,7 @@ class AdaFace(Float64State, TargetLogitHead):
         """a_i = clip(|x_i|, 0.001, 100), without gradient (N,)."""
         return embeddings.detach().norm(dim=1).clamp(0.001, 100.0)
 
+    @state_update
     def update_state(self, cos, labels, embeddings):
         norms = self.feature_norms(embeddings).to(self.batch_mean.dtype)  # (N,)
         self.batch_mean.mul_(1 - self.t_alpha).add_(self.t_alpha * norms.mean())

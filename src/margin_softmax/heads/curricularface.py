@@ -17,7 +17,7 @@ import torch
 
 from ..margins import Margin, apply_margin
 from .eager import TargetLogitHead, check_float
-from .float64_state import Float64State
+from .float64_state import Float64State, state_update
 
 
 class HardNegatives:
@@ -66,6 +66,7 @@ class CurricularFace(Float64State, TargetLogitHead):
         fallback = "none" if self.margin == 0 else "seed"
         return Margin(m2=self.margin, fallback=fallback)
 
+    @state_update
     def update_state(self, cos_target, labels, embeddings):
         mean_target = cos_target.clamp(-1.0, 1.0).mean()
         self.t.mul_(1 - self.momentum).add_(self.momentum * mean_target.to(self.t.dtype))

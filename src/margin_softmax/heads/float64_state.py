@@ -4,11 +4,21 @@
 float64 EMA or scale rounded to bfloat16 (AdaCos's s = 12.917 becomes 12.875) would stay
 rounded for the rest of training. The buffers named in ``FLOAT64_BUFFERS`` follow the
 module's device and keep their dtype and value.
+
+Their updates run outside torch.compile's graphs (``state_update``): AOT autograd (the
+"aot_eager" and "inductor" backends, torch 2.13) drops in-place updates of 0-dim float64
+buffers (fill_, or the add_ of mul_().add_()), so a compiled head kept stale state.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def state_update(method):
+    """Decorator: run ``method`` (an in-place update of float64 state) eagerly, a graph break
+    under torch.compile instead of an update the compiled graph would lose."""
+    return torch.compiler.disable(method)
 
 
 class Float64State(torch.nn.Module):

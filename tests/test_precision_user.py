@@ -1,0 +1,48 @@
+"""A face-recognition engineer's checks: reduced precision, torch.compile, gradient
+accumulation, state that must survive save/load and dtype changes, and awkward inputs.
+Small problems (N <= 64, C <= 3000, D <= 64); every comparison is against float64 or the
+uncompiled / eager head, never against the path under test itself."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import margin_softmax as ms
+
+N, C, D = 24, 200, 16
+
+
+def batch(n: int = N, seed: int = 0, norm: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D, generator=g) * norm, torch.randint(0, C, (n,), generator=g)
+
+
+STATEFUL = {  # head -> (its float64 running state, a batch norm that moves it)
+    "adacos": (lambda: ms.AdaCos(D, C, impl="eager"), ("adaptive_scale",), 1.0),
+    "adaface": (lambda: ms.AdaFace(D, C, impl="eager"), ("batch_mean", "batch_std"), 30.0),
+    "curricularface": (lambda: ms.CurricularFace(D, C, impl="eager"), ("t",), 1.0),
+}
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_compiled_heads_update_their_running_state(name):
+    """torch.compile (AOT autograd, as inductor uses) dropped in-place updates of 0-dim
+    float64 buffers: AdaCos kept its initial scale, CurricularFace's t stayed 0 and AdaFace's
+    EMAs only decayed (mul_ kept, add_ lost), so training silently used stale state."""
+    make, buffers, norm = STATEFUL[name]
+    torch.manual_seed(0)
+    head = make()
+    compiled_head = copy.deepcopy(head)
+    compiled = torch.compile(compiled_head, backend="aot_eager")
+    for seed in (1, 2):
+        x, y = batch(seed=seed, norm=norm)
+        expected, actual = head(x, y), compiled(x, y)
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    for buffer in buffers:
+        before = getattr(make(), buffer)
+        after, compiled_after = getattr(head, buffer), getattr(compiled_head, buffer)
+        assert not torch.equal(after, before)  # the uncompiled head did move it
+        torch.testing.assert_close(compiled_after, after, rtol=1e-9, atol=0)
