@@ -46,3 +46,23 @@ def test_compiled_heads_update_their_running_state(name):
         after, compiled_after = getattr(head, buffer), getattr(compiled_head, buffer)
         assert not torch.equal(after, before)  # the uncompiled head did move it
         torch.testing.assert_close(compiled_after, after, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["eager", "chunked"])
+def test_adacos_takes_half_embeddings_under_autocast(impl):
+    """Under autocast a backbone hands bfloat16 embeddings to a float32 head; AdaCos's scale
+    update checked them against the float32 weight before autocast's casts and raised
+    TypeError, where every other head trains. Loss and scale against a float64 twin on the
+    same rounded embeddings."""
+    torch.manual_seed(0)
+    head = ms.AdaCos(D, C, impl=impl)
+    twin = copy.deepcopy(head).double()
+    x, y = batch()
+    x = x.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head(x, y)
+    expected = twin(x.double(), y)
+    assert loss.dtype == torch.float32
+    assert head.scale != ms.AdaCos(D, C).scale  # it did update
+    assert head.scale == pytest.approx(twin.scale, rel=1e-2)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-2)

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..functional import AUTO_CHUNK_ELEMENTS, normalize
+from ..functional import AUTO_CHUNK_ELEMENTS, autocast_inputs, normalize
 from ..margins import Margin
 from ..validation import check_embeddings, check_labels, check_scale
 from .base import MarginHead
@@ -76,10 +76,11 @@ class AdaCos(Float64State, MarginHead):
         """The dynamic update from one batch; returns the new scale. B_avg is accumulated as
         a log-sum-exp over blocks of classes (no (N, C) matrix, no overflow); a batch whose
         update is not a finite positive number leaves the scale unchanged."""
-        check_embeddings(embeddings, self.weight)
+        embeddings, weight, _ = autocast_inputs(embeddings, self.weight)  # as the loss does
+        check_embeddings(embeddings, weight)
         labels = check_labels(labels, embeddings.shape[0], self.num_classes)
         x = normalize(embeddings.float() if embeddings.dtype != torch.float64 else embeddings)
-        w = self.weight.to(x.dtype)
+        w = weight.to(x.dtype)
         n, s_old = x.shape[0], self.scale
         block = max(1, AUTO_CHUNK_ELEMENTS // n)
         lse = torch.full((), -math.inf, dtype=x.dtype, device=x.device)
