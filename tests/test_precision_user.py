@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import margin_softmax as ms
+from margin_softmax import registry
 
 N, C, D = 24, 200, 16
 
@@ -66,3 +67,24 @@ def test_adacos_takes_half_embeddings_under_autocast(impl):
     assert head.scale != ms.AdaCos(D, C).scale  # it did update
     assert head.scale == pytest.approx(twin.scale, rel=1e-2)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("name", registry.loss_names())
+def test_loss_and_accuracy_under_autocast(name):
+    """The seed's one-liner ``loss, prec1 = head.loss_and_accuracy(x, y)`` with the
+    backbone's bfloat16 embeddings under autocast: predict checked them against the float32
+    weight without autocast's casts and raised TypeError for every head. Half the rows sit
+    on their class centre, half carry another label: 50%."""
+    torch.manual_seed(0)
+    head = registry.build_head(name, D, C)
+    head.weight.data = torch.nn.functional.normalize(head.weight.data, dim=1)  # softmax too
+    k = getattr(head, "sub_centers", 1)
+    y = torch.randint(0, C, (N,))
+    x = head.weight.detach()[y * k] * 2.0  # (N, D) on the centres
+    y[N // 2 :] = (y[N // 2 :] + 1) % C
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, accuracy = head.loss_and_accuracy(x.bfloat16(), y)
+        logits = head.logits(x.bfloat16())
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert accuracy == pytest.approx(50.0)
+    assert logits.shape == (N, C)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import IMPLS, margin_cross_entropy, margin_logits, predict
+from ..functional import IMPLS, autocast_inputs, margin_cross_entropy, margin_logits, predict
 from ..margins import Margin
 from ..validation import check_embeddings, check_labels, check_positive_int, check_scale
 
@@ -31,8 +31,9 @@ class ClassCentresHead(nn.Module):
     @torch.no_grad()
     def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Closed-set prediction argmax_j cos(x, w_j) (N,), without the (N, C) matrix."""
-        check_embeddings(embeddings, self.weight)
-        return predict(embeddings, self.weight)
+        embeddings, weight, _ = autocast_inputs(embeddings, self.weight)
+        check_embeddings(embeddings, weight)
+        return predict(embeddings, weight)
 
     @torch.no_grad()
     def accuracy(self, embeddings: torch.Tensor, labels: torch.Tensor) -> float:

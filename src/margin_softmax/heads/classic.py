@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from ..functional import softmax_cross_entropy
+from ..functional import autocast_inputs, softmax_cross_entropy
 from ..margins import Margin
 from ..validation import check_embeddings
 from .base import ClassCentresHead, MarginHead
@@ -171,8 +171,9 @@ class SoftmaxLoss(ClassCentresHead):
         return softmax_cross_entropy(embeddings, self.weight, labels, self.bias, impl=self.impl)
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None):
-        check_embeddings(embeddings, self.weight)
-        return torch.nn.functional.linear(embeddings, self.weight, self.bias)
+        embeddings, weight, _ = autocast_inputs(embeddings, self.weight)
+        check_embeddings(embeddings, weight)
+        return torch.nn.functional.linear(embeddings, weight, self.bias)
 
     @torch.no_grad()
     def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
