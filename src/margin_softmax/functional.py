@@ -11,7 +11,8 @@ with r_i = scale, or scale * |x_i| where ``scale_by_norm`` (SphereFace's origina
 - "eager": materialises the (N, C) logits; the readable reference.
 - "chunked": tiles of classes, never holds (N, C) (see chunked/ and docs/scale.md).
 - "triton": fused GPU kernels (see kernels/).
-- "auto": triton on CUDA where it imports, chunked when N * C is large, eager otherwise.
+- "auto": triton on NVIDIA GPUs of compute capability 8.0+ where it imports, chunked when
+  N * C is large, eager otherwise.
 """
 
 from __future__ import annotations

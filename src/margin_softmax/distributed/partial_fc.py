@@ -30,9 +30,9 @@ class PartialFC(nn.Module):
     loss over the global batch. Gradients: exact for ``weight``; world_size times the exact
     one for the embeddings, which is what a DDP-wrapped backbone needs.
 
-    impl: how each shard's softmax runs: "auto" (the Triton kernels on CUDA where triton
-    imports, else the chunked PyTorch path), "chunked" (block_size classes per tile) or
-    "triton" (sharded_loss.py).
+    impl: how each shard's softmax runs: "auto" (the Triton kernels on NVIDIA GPUs of compute
+    capability 8.0+ where triton imports, else the chunked PyTorch path), "chunked"
+    (block_size classes per tile) or "triton" (sharded_loss.py).
 
     sample_rate < 1 (training mode only): each step keeps every class of the global batch and
     a uniform sample of the other classes (sampling.py); ``sampled_rows`` then holds the rows

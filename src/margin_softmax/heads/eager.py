@@ -8,7 +8,8 @@ per-sample margin math.
   "auto" at large N * C) never holds the (N, C) logits.
 - ``EagerHead``: sub-centres are pooled, and the hard negatives are the top k of each row
   (SubCenterArcFace). It builds its (N, C) training logits in plain PyTorch and takes the
-  cross-entropy over them (no chunked or Triton path).
+  cross-entropy over them; SubCenterArcFace without the penalty also has a chunked path
+  (chunked/subcenters.py), no Triton one.
 """
 
 from __future__ import annotations
