@@ -89,28 +89,29 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             classes = ClassTiles(weight, tile, x_norm is not None, bias)
             grads = None
             if widths is not None:
-                lse, grads = fused_sweeps(classes, rows, row_grad, dpsi, widths, need_dot)
+                gap, grads = fused_sweeps(classes, rows, row_grad, dpsi, widths, need_dot)
             else:
-                lse = lse_sweep(classes, rows)
+                other = lse_sweep(classes, rows, with_target=False)  # (N,) without the target
+                lse, gap = torch.logaddexp(other, rows.target_logit), other - rows.target_logit
                 if scalar_grads:
-                    grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, need_dot)
-            loss = lse - rows.target_logit  # (N,)
+                    grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, need_dot, gap)
+            loss = torch.logaddexp(gap, torch.zeros_like(gap))  # (N,) lse - target_logit, exact
             if reduction == "none":
-                ctx.state = (classes, rows, lse, dpsi)
+                ctx.state = (classes, rows, lse, gap, dpsi)
                 return loss  # (N,) in compute dtype: the caller casts (under autocast: float32)
             if grads is not None:
-                ctx.grads = _input_gradients(ctx, grads, rows, lse, row_grad, weight)
+                ctx.grads = _input_gradients(ctx, grads, rows, gap, row_grad, weight)
             return loss.mean() if reduction == "mean" else loss.sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         if ctx.extra[0] == "none":
-            classes, rows, lse, dpsi = ctx.state
+            classes, rows, lse, gap, dpsi = ctx.state
             with torch.autocast(grad_output.device.type, enabled=False):
                 row_grad = grad_output.to(lse.dtype)
-                grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, ctx.extra[5])
-                result = _input_gradients(ctx, grads, rows, lse, row_grad, classes.weight)
+                grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, ctx.extra[5], gap)
+                result = _input_gradients(ctx, grads, rows, gap, row_grad, classes.weight)
         else:
             if getattr(ctx, "grads", None) is None:
                 raise RuntimeError(
@@ -123,9 +124,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return *result, None, None, None, None, None
 
 
-def _input_gradients(ctx, grads, rows, lse, row_grad, weight):
+def _input_gradients(ctx, grads, rows, gap, row_grad, weight):
     """(d_embeddings, d_weight, d_row_scale, d_bias, d_target_logit) in the inputs' dtypes;
-    d_target_logit_i = g_i (p_it - 1), p_it - 1 = expm1(t_i - lse_i) without cancellation."""
+    d_target_logit_i = g_i (p_it - 1), p_it - 1 = -sigmoid(gap_i) without cancellation."""
     _, x, x_norm, has_row_scale, bias_dtype, need_dot, target_dtype = ctx.extra
     d_x = grads.d_x if x_norm is None else unit_rows_backward(grads.d_x, x, x_norm)
     d_row_scale = None
@@ -134,7 +135,7 @@ def _input_gradients(ctx, grads, rows, lse, row_grad, weight):
     d_bias = None if bias_dtype is None else grads.d_bias.to(bias_dtype)
     d_target = None
     if target_dtype is not None:
-        d_target = (row_grad * torch.expm1(rows.target_logit - lse)).to(target_dtype)
+        d_target = (row_grad * -torch.sigmoid(gap)).to(target_dtype)
     return d_x.to(weight.dtype), grads.d_weight.to(weight.dtype), d_row_scale, d_bias, d_target
 
 

@@ -87,12 +87,13 @@ class SubCenterCrossEntropy(torch.autograd.Function):
                 logit[_target_cells(labels, a, b)] = -torch.inf
                 m = logit.amax(0).clamp_min(torch.finfo(acc).min)  # (N,) finite if all -inf
                 lse = torch.logaddexp(lse, m + (logit - m).exp_().sum(0).log())
+            gap = lse - target_logit  # (N,) lse of the others - target: exact as p_t -> 1
             lse = torch.logaddexp(lse, target_logit)
-            loss = lse - target_logit  # (N,)
+            loss = torch.logaddexp(gap, torch.zeros_like(gap))  # (N,) log(1 + e^gap)
 
             best_row = labels * k + k_t  # (N,) the target's winning weight row
             pick = torch.arange(n, device=x_hat.device) * k + k_t  # its index in w_t
-            ctx.save_for_backward(weight, labels, x_hat, x_norm, lse, target_logit, dpsi,
+            ctx.save_for_backward(weight, labels, x_hat, x_norm, lse, gap, dpsi,
                                   best_row, w_t[pick], w_t_norm[pick])
             ctx.setup = (scale, k, reduction, embeddings.dtype, tile)
             if reduction == "none":
@@ -102,7 +103,7 @@ class SubCenterCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        weight, labels, x_hat, x_norm, lse, target_logit, dpsi, best_row, w_best, w_best_norm = (
+        weight, labels, x_hat, x_norm, lse, gap, dpsi, best_row, w_best, w_best_norm = (
             ctx.saved_tensors
         )
         scale, k, reduction, x_dtype, tile = ctx.setup
@@ -114,7 +115,7 @@ class SubCenterCrossEntropy(torch.autograd.Function):
             coef = row_grad * scale  # (N,) dloss/dlogit -> dloss/dcos
 
             # the target cells: dcos_t = g s (p_t - 1) psi'
-            dcos_t = coef * torch.expm1(target_logit - lse) * dpsi  # (N,)
+            dcos_t = coef * -torch.sigmoid(gap) * dpsi  # (N,) p_t - 1 = -sigmoid(gap)
             d_x_hat = dcos_t[:, None] * w_best  # (N, D)
             d_w_t = unit_rows_backward(dcos_t[:, None] * x_hat, w_best, w_best_norm)  # (N, D)
 

@@ -14,6 +14,9 @@ The target cell stays out of the streamed sums: its logit joins the lse by logad
 when p_target ~ 1, where subtracting it back out would cancel), and its gradient
 g r (p_t - 1) psi' is added as rank-one terms (to d_x per block, to A per tile), or left to
 the caller where the target logit comes as a tensor with its own autograd (target_dpsi None).
+Where the lse over the other classes is known (one device), the loss and p_t - 1 come from
+gap = lse_other - target_logit: loss = log(1 + e^gap), p_t - 1 = -sigmoid(gap), exact as
+p_t -> 1; from the rounded lse, lse - t and expm1(t - lse) keep only its rounding, ulp(s).
 Plain softmax: no norms, and a bias. A non-target transform logit_ij = r_i f(cos_ij)
 (RowSide.non_target) is applied to each tile after GEMM 1, and its slope f' multiplies e
 before the gradient GEMMs (in the fused schedule the store keeps e f').
@@ -156,7 +159,13 @@ def _tile_gradients(classes, rows, block, a, b, tile, factor, grads, targets, de
         targets[0].add_rows(dest, a, targets[1])
 
 
-def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads, cells):
+def p_target_minus_1(target_logit, lse, gap=None) -> torch.Tensor:
+    """p_t - 1 (R,): -sigmoid(gap), gap = lse_other - target_logit, where known (exact as
+    p_t -> 1); else expm1(t - lse) (the shard primitives, given only the global lse)."""
+    return torch.expm1(target_logit - lse) if gap is None else -torch.sigmoid(gap)
+
+
+def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads, cells, gap=None):
     """The target cells' share, dcos_t = g r (p_t - 1) psi' (R,): added to d_x (and d_bias,
     dot) now; returns its d_weight rows (M, D) in cell order, A_t += dcos_t / n_t * x.
     None when target_dpsi is None: a target logit given as a tensor gets its gradient
@@ -165,7 +174,7 @@ def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads, cells
         return None
     owned = rows.target[block] >= 0
     t = rows.target[block].clamp_min(0)  # (R,); rows owned elsewhere add zeros
-    p_minus_1 = torch.expm1(rows.target_logit[block] - lse)  # (R,) without cancellation
+    p_minus_1 = p_target_minus_1(rows.target_logit[block], lse, gap)  # (R,)
     dcos = torch.where(owned, coef * p_minus_1 * target_dpsi[block], 0.0)  # (R,)
     if grads.dot is not None:  # the target's (p_t - 1) * target_logit
         grads.dot[block] += torch.where(owned, p_minus_1 * rows.target_logit[block], 0.0)
@@ -185,8 +194,9 @@ def _tile_view(store: torch.Tensor, width: int, a: int, b: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def lse_sweep(classes: ClassTiles, rows: RowSide) -> torch.Tensor:
-    """lse_i (N,) over the classes of logit_ij, the target cell holding target_logit."""
+def lse_sweep(classes: ClassTiles, rows: RowSide, with_target: bool = True) -> torch.Tensor:
+    """lse_i (N,) over the classes of logit_ij, the target cell holding target_logit (or,
+    with_target=False, over the other classes only)."""
     n, everything = rows.x.shape[0], slice(None)
     cells = TargetCells(rows.target, classes.num_classes, classes.tile)
     work = torch.empty(classes.tile * n, dtype=classes.acc, device=rows.x.device)
@@ -196,17 +206,19 @@ def lse_sweep(classes: ClassTiles, rows: RowSide) -> torch.Tensor:
         out = work[: (b - a) * n].view(b - a, n)
         _, m, total, _ = _tile_exp(classes, rows, everything, a, b, out, cells, shift)
         lse = torch.logaddexp(lse, m + total.log())
-    return torch.logaddexp(lse, rows.owned_logit(everything))
+    return torch.logaddexp(lse, rows.owned_logit(everything)) if with_target else lse
 
 
 @torch.no_grad()
-def gradient_sweep(classes, rows, lse, row_grad, target_dpsi, need_dot=False) -> Gradients:
-    """Gradients of sum_i row_grad_i * (lse_i - target_logit_i), lse (N,) given (global)."""
+def gradient_sweep(classes, rows, lse, row_grad, target_dpsi, need_dot=False, gap=None):
+    """Gradients of sum_i row_grad_i * (lse_i - target_logit_i), lse (N,) given (global);
+    gap (N,) = lse_other - target_logit where known (p_target_minus_1)."""
     n, everything = rows.x.shape[0], slice(None)
     cells = TargetCells(rows.target, classes.num_classes, classes.tile)
     coef = row_grad * rows.row_scale  # (N,) dloss/dlogit -> dloss/dcos
     grads = _new_gradients(rows, classes, need_dot, classes.weight.dtype)
-    values = _target_gradients(classes, rows, everything, lse, coef, target_dpsi, grads, cells)
+    values = _target_gradients(classes, rows, everything, lse, coef, target_dpsi, grads, cells,
+                               gap)
     work = torch.empty(classes.tile * n, dtype=classes.acc, device=rows.x.device)
     a_work = None  # half inputs: each tile's A in compute dtype, then cast into d_weight
     if grads.d_weight.dtype != classes.acc:
@@ -233,14 +245,15 @@ def gradient_sweep(classes, rows, lse, row_grad, target_dpsi, need_dot=False) ->
 
 @torch.no_grad()
 def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
-    """(lse (N,), Gradients) in len(widths) + 1 sweeps and 3 GEMMs, keeping the exp values of
+    """(gap (N,), Gradients) in len(widths) + 1 sweeps and 3 GEMMs (gap = lse over the other
+    classes - target_logit: the loss is log(1 + e^gap)), keeping the exp values of
     one block of rows, a (C, widths[0]) store. widths: non-increasing block widths summing to
     N (sweep k writes block k's tile where block k-1's was just consumed: never wider)."""
     n, device = rows.x.shape[0], rows.x.device
     starts = [sum(widths[:k]) for k in range(len(widths))]
     blocks = [slice(s, s + w) for s, w in zip(starts, widths, strict=True)]
     store = torch.empty(classes.num_classes * widths[0], dtype=classes.acc, device=device)
-    lse = torch.empty(n, dtype=classes.acc, device=device)
+    lse, gap = (torch.empty(n, dtype=classes.acc, device=device) for _ in range(2))
     grads = _new_gradients(rows, classes, need_dot, classes.acc)  # A over blocks of rows
     shift = fixed_shift(classes, rows)
     due = None  # (block, factor (tiles, R), targets): the block whose gradients are due
@@ -270,13 +283,14 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
         if block is None:
             break
         m, total = (torch.stack(s) for s in list(zip(*stats, strict=True))[:2])  # (tiles, R)
-        lse[block] = torch.logaddexp((m + total.log()).logsumexp(0), rows.owned_logit(block))
+        other, target = (m + total.log()).logsumexp(0), rows.owned_logit(block)  # (R,) each
+        lse[block], gap[block] = torch.logaddexp(other, target), other - target
         coef = row_grad[block] * rows.row_scale[block]  # (R,)
         scale = torch.exp(m - lse[block])  # (tiles, R): e -> p
         if need_dot:
             grads.dot[block] = (scale * torch.stack([s[2] for s in stats])).sum(0)
         values = _target_gradients(
-            classes, rows, block, lse[block], coef, target_dpsi, grads, cells
+            classes, rows, block, lse[block], coef, target_dpsi, grads, cells, gap[block]
         )
         due = (block, coef * scale, (cells, values))
-    return lse, grads
+    return gap, grads
