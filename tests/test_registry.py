@@ -2,6 +2,7 @@
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +62,22 @@ def test_every_default_is_a_constructor_parameter():
     for name, spec in LOSSES.items():
         accepted = inspect.signature(spec.head.__init__).parameters
         assert set(spec.defaults) <= set(accepted), name
+
+
+def float_parameters(name):
+    return {k: v for k, v in head_parameters(name).items() if isinstance(v, float)}
+
+
+@pytest.mark.parametrize("name", [n for n in loss_names() if float_parameters(n)])
+def test_numpy_scalars_are_taken_as_the_floats_they_hold(name):
+    """Hyper-parameters read through NumPy (np.float32 is no Python float) build the same
+    head as the Python floats of the same values."""
+    as_numpy = {k: np.float32(v) for k, v in float_parameters(name).items()}
+    as_python = {k: float(v) for k, v in as_numpy.items()}
+    x, y = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), torch.arange(6) % 4
+    losses = []
+    for params in (as_numpy, as_python):
+        torch.manual_seed(1)
+        head = build_head(name, 5, 4, **params)
+        losses.append(head(x, y))
+    assert torch.equal(losses[0], losses[1])

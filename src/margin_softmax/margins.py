@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .validation import real_number
+
 FALLBACKS = ("none", "seed", "continuous", "easy", "piecewise")
 
 
@@ -60,9 +62,8 @@ class Margin:
 
     def __post_init__(self) -> None:
         for name in ("m1", "m2", "m3", "blend"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a float, got {value!r}")
+            value = real_number(name, getattr(self, name))
+            object.__setattr__(self, name, value)  # a Python float (frozen dataclass)
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value!r}")
         if self.m1 <= 0:

@@ -21,7 +21,7 @@ import math
 
 from torch import nn
 
-from .validation import check_positive_int
+from .validation import check_positive_int, real_number
 
 INCREASE_TYPES = ("exp", "linear")
 
@@ -61,9 +61,7 @@ class MarginScheduler:
             raise ValueError(f"increase_type must be one of {INCREASE_TYPES}, "
                              f"got {increase_type!r}")
         for name, value in (("initial_margin", initial_margin), ("final_margin", final_margin)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value)
-            ):
+            if not math.isfinite(real_number(name, value, "a finite float")):
                 raise ValueError(f"{name} must be a finite float, got {value!r}")
         self.head, self.attribute = head, attribute
         self.increase_start = (increase_start_epoch - 1) * iterations_per_epoch

@@ -4,6 +4,7 @@ and the bad value, instead of a silent NaN, a device assert or a C++ traceback."
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 
 import torch
@@ -11,9 +12,16 @@ import torch
 MAX_SCALE = 1e4  # papers and peers use 10-64; far beyond, s * cos overflows float32 or NaNs
 
 
+def real_number(name: str, value, what: str = "a float") -> float:
+    """value as a Python float: any real number, NumPy's float32 and int64 too (a config
+    read through NumPy), not a bool or a tensor. TypeError names ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
 def check_scale(scale: float, name: str = "scale") -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"{name} must be a positive float, got {scale!r}")
+    scale = real_number(name, scale, "a positive float")
     if not math.isfinite(scale) or not 0 < scale <= MAX_SCALE:
         raise ValueError(f"{name} must be a float in (0, {MAX_SCALE:g}], got {scale!r}")
     return float(scale)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import real_number
+
 
 def check_sample_rate(sample_rate: float) -> float:
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)):
-        raise TypeError(f"sample_rate must be a float in (0, 1], got {sample_rate!r}")
+    sample_rate = real_number("sample_rate", sample_rate, "a float in (0, 1]")
     if not 0 < sample_rate <= 1:
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
     return float(sample_rate)

@@ -5,6 +5,7 @@ plain softmax loss. ``head(embeddings, labels)`` returns the scalar loss;
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ class ArcFace(MarginHead):
         self.margin_spec()
 
     def margin_spec(self) -> Margin:
-        if isinstance(self.margin, (int, float)) and not 0 <= self.margin < math.pi:
+        if isinstance(self.margin, numbers.Real) and not 0 <= self.margin < math.pi:
             raise ValueError(f"margin must be in [0, pi) radians, got {self.margin!r}")
         fallback = "none" if self.margin == 0 else self.fallback
         return Margin(m2=self.margin, fallback=fallback, straight_through=self.straight_through)

@@ -27,7 +27,7 @@ from ..functional import (
     target_cross_entropy,
 )
 from ..margins import clamp_eps
-from ..validation import check_embeddings, check_labels, check_scale
+from ..validation import check_embeddings, check_labels, check_scale, real_number
 from .base import ClassCentresHead
 
 ARC_FALLBACKS = ("none", "seed", "continuous", "easy")
@@ -87,8 +87,7 @@ def check_choice(name: str, value, choices: tuple) -> None:
 def check_float(name: str, value, low: float = -math.inf, high: float = math.inf,
                 low_open: bool = False, high_open: bool = False) -> float:
     """value as a float in the interval [low, high] (ends open where asked)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {value!r}")
+    value = real_number(name, value)
     below = value <= low if low_open else value < low
     above = value >= high if high_open else value > high
     if not math.isfinite(value) or below or above:
