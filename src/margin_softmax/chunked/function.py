@@ -2,12 +2,14 @@
 target logit given per sample (the heads whose margin differs from sample to sample).
 
 Forward: the target logit from the N target rows of weight (psi and psi' from margins.py),
-or as given, then the sweeps over tiles of classes (sweeps.py). For a scalar reduction the
-gradients are computed in the forward call (backward only scales them by grad_output), which
-saves recomputing the logits; for reduction="none" backward runs a gradient sweep with the
-per-row grad_output. Half inputs: matmuls in their dtype, softmax and sums in float32, and the
-loss comes back in float32 (functional.py casts it to the embeddings' dtype, or keeps float32
-under autocast as F.cross_entropy does).
+or as given, then the sweeps over tiles of classes (sweeps.py). The fused schedule (a scalar
+reduction, C small enough) computes the gradients in the forward call, which saves recomputing
+the logits, and keeps them in compute dtype: backward scales them by grad_output before the
+cast, so a GradScaler's scale reaches them before float16 rounding does. Two sweeps (larger C,
+reduction="none") run the gradient sweep in backward with grad_output per row. Half inputs:
+matmuls in their dtype, softmax and sums in float32, and the loss comes back in float32
+(functional.py casts it to the embeddings' dtype, or keeps float32 under autocast as
+F.cross_entropy does).
 """
 
 from __future__ import annotations
@@ -78,65 +80,67 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             ctx.extra = (
                 reduction, x, x_norm, row_scale is not None, bias_dtype, need_dot, target_dtype
             )
-            row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
-            scalar_grads = need_grads and reduction != "none"
+            ctx.dtypes = (weight.dtype, weight.dtype, None, bias_dtype, target_dtype)
             widths = None  # two sweeps
-            if scalar_grads:
+            if need_grads and reduction != "none":
                 wide = compute_dtype(weight.dtype) != weight.dtype  # a float32 (C, D) for A
                 widths = plan.plan_blocks(n, c, 4 * c * weight.shape[1] if wide else 0)
             tile_bytes = plan.tile_bytes(widths is not None, embeddings.device.type)
             tile = plan.tile_classes(n if widths is None else widths[0], tile_bytes)
             classes = ClassTiles(weight, tile, x_norm is not None, bias)
-            grads = None
-            if widths is not None:
+            ctx.state = None
+            if widths is not None:  # the gradients now, in compute dtype until backward
+                row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
                 gap, grads = fused_sweeps(classes, rows, row_grad, dpsi, widths, need_dot)
-            else:
+                ctx.grads = _input_gradients(ctx, grads, rows, gap, row_grad)
+            else:  # the gradient sweep runs in backward, with grad_output in row_grad
                 other = lse_sweep(classes, rows, with_target=False)  # (N,) without the target
                 lse, gap = torch.logaddexp(other, rows.target_logit), other - rows.target_logit
-                if scalar_grads:
-                    grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, need_dot, gap)
+                ctx.state = (classes, rows, lse, gap, dpsi)
             loss = torch.logaddexp(gap, torch.zeros_like(gap))  # (N,) lse - target_logit, exact
             if reduction == "none":
-                ctx.state = (classes, rows, lse, gap, dpsi)
                 return loss  # (N,) in compute dtype: the caller casts (under autocast: float32)
-            if grads is not None:
-                ctx.grads = _input_gradients(ctx, grads, rows, gap, row_grad, weight)
             return loss.mean() if reduction == "mean" else loss.sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        if ctx.extra[0] == "none":
-            classes, rows, lse, gap, dpsi = ctx.state
-            with torch.autocast(grad_output.device.type, enabled=False):
-                row_grad = grad_output.to(lse.dtype)
+        """The gradients times grad_output (a GradScaler's scale, a per-row weighting) before
+        they are rounded to half inputs' dtype: small ones survive float16."""
+        with torch.autocast(grad_output.device.type, enabled=False):
+            if ctx.state is not None:  # two sweeps
+                classes, rows, lse, gap, dpsi = ctx.state
+                row_grad = grad_output.to(lse.dtype).expand(lse.shape)  # (N,)
+                if ctx.extra[0] == "mean":
+                    row_grad = row_grad / lse.shape[0]
                 grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, ctx.extra[5], gap)
-                result = _input_gradients(ctx, grads, rows, gap, row_grad, classes.weight)
-        else:
-            if getattr(ctx, "grads", None) is None:
-                raise RuntimeError(
-                    "chunked cross-entropy: backward ran twice (retain_graph is not "
-                    "supported for reduction='mean' or 'sum')"
-                )
-            result, ctx.grads = ctx.grads, None  # drop our reference: autograd may keep it
-            if not bool(grad_output == 1):
-                result = tuple(None if g is None else g.mul_(grad_output) for g in result)
+                result = _input_gradients(ctx, grads, rows, gap, row_grad)
+            else:
+                if getattr(ctx, "grads", None) is None:
+                    raise RuntimeError(
+                        "chunked cross-entropy: backward ran twice (retain_graph is not "
+                        "supported for reduction='mean' or 'sum' at this size)"
+                    )
+                result, ctx.grads = ctx.grads, None  # drop our reference: autograd may keep it
+                if not bool(grad_output == 1):
+                    result = tuple(None if g is None else g.mul_(grad_output) for g in result)
+        pairs = zip(result, ctx.dtypes, strict=True)
+        result = (g if g is None or t is None else g.to(t) for g, t in pairs)  # input dtypes
         return *result, None, None, None, None, None
 
 
-def _input_gradients(ctx, grads, rows, gap, row_grad, weight):
-    """(d_embeddings, d_weight, d_row_scale, d_bias, d_target_logit) in the inputs' dtypes;
-    d_target_logit_i = g_i (p_it - 1), p_it - 1 = -sigmoid(gap_i) without cancellation."""
+def _input_gradients(ctx, grads, rows, gap, row_grad):
+    """(d_embeddings, d_weight, d_row_scale, d_bias, d_target_logit) in compute dtype (two
+    sweeps: d_weight in the weight's); d_target_logit_i = g_i (p_it - 1),
+    p_it - 1 = -sigmoid(gap_i) without cancellation."""
     _, x, x_norm, has_row_scale, bias_dtype, need_dot, target_dtype = ctx.extra
     d_x = grads.d_x if x_norm is None else unit_rows_backward(grads.d_x, x, x_norm)
     d_row_scale = None
     if has_row_scale and need_dot:
         d_row_scale = row_scale_gradient(grads.dot, rows.row_scale, row_grad)
-    d_bias = None if bias_dtype is None else grads.d_bias.to(bias_dtype)
-    d_target = None
-    if target_dtype is not None:
-        d_target = (row_grad * -torch.sigmoid(gap)).to(target_dtype)
-    return d_x.to(weight.dtype), grads.d_weight.to(weight.dtype), d_row_scale, d_bias, d_target
+    d_bias = None if bias_dtype is None else grads.d_bias
+    d_target = None if target_dtype is None else row_grad * -torch.sigmoid(gap)
+    return d_x, grads.d_weight, d_row_scale, d_bias, d_target
 
 
 def chunked_margin_cross_entropy(
