@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import margin_softmax as ms
 from margin_softmax import registry
@@ -186,3 +187,33 @@ def test_chunked_float16_gradients_are_scaled_before_they_are_rounded(keep_bytes
     for error, eager in zip(relative_errors(results["chunked"], exact), eager_errors,
                             strict=True):
         assert error <= 1.5 * eager
+
+
+class MatmulFlops(TorchDispatchMode):
+    """Counts the flops of the matrix products run inside it (mm, addmm, in place or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        packet = func.overloadpacket
+        if packet in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+            a, b = args[-2:]
+            self.flops += 2 * a.shape[0] * a.shape[1] * b.shape[1]
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["arcface", "adaface", "softmax"])
+def test_chunked_forward_under_no_grad_computes_no_gradients(name):
+    """A validation loss under torch.no_grad: the chunked forward computed the gradients
+    too (needs_input_grad follows requires_grad, not the grad mode): 3 products of 2 N D C
+    flops and a float32 (C, D) where the loss needs one product."""
+    head = registry.build_head(name, D, C)
+    head.impl = "chunked"
+    x, y = batch()
+    with torch.no_grad(), MatmulFlops() as counter:
+        loss = head(x.requires_grad_(), y)
+    expected = head(x, y)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert counter.flops <= 1.01 * 2 * N * D * C

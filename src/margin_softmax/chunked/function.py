@@ -143,6 +143,15 @@ def _input_gradients(ctx, grads, rows, gap, row_grad):
     return d_x, grads.d_weight, d_row_scale, d_bias, d_target
 
 
+def _apply(*args):
+    """ChunkedCrossEntropy.apply(*args); under no_grad (an evaluation loss) on detached
+    tensors: needs_input_grad follows requires_grad, not the grad mode, and the fused
+    schedule would compute every gradient in the forward."""
+    if not torch.is_grad_enabled():
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    return ChunkedCrossEntropy.apply(*args)
+
+
 def chunked_margin_cross_entropy(
     embeddings: torch.Tensor,
     weight: torch.Tensor,
@@ -154,7 +163,7 @@ def chunked_margin_cross_entropy(
 ) -> torch.Tensor:
     """margin_cross_entropy(...) without the (N, C) logits. embeddings (N, D), weight (C, D),
     labels (N,), row_scale (N,) or None (then r_i = scale). Returns a scalar or (N,)."""
-    return ChunkedCrossEntropy.apply(
+    return _apply(
         embeddings, weight, row_scale, None, None, labels, scale, margin, None, reduction
     )
 
@@ -167,9 +176,7 @@ def chunked_softmax_cross_entropy(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """cross_entropy(x W^T + b, labels) without the (N, C) logits; x (N, D), W (C, D)."""
-    return ChunkedCrossEntropy.apply(
-        embeddings, weight, None, bias, None, labels, 1.0, None, None, reduction
-    )
+    return _apply(embeddings, weight, None, bias, None, labels, 1.0, None, None, reduction)
 
 
 def chunked_target_cross_entropy(
@@ -186,6 +193,6 @@ def chunked_target_cross_entropy(
     (N,) any differentiable function of the caller's (its gradient, g (p_t - 1), goes back
     through autograd). non_target: None, or scale * f(cos) off the target (see
     sweeps.RowSide). Returns a scalar or (N,)."""
-    return ChunkedCrossEntropy.apply(
+    return _apply(
         embeddings, weight, None, None, target_logit, labels, scale, None, non_target, reduction
     )
