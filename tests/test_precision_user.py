@@ -217,3 +217,197 @@ def test_chunked_forward_under_no_grad_computes_no_gradients(name):
     expected = head(x, y)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert counter.flops <= 1.01 * 2 * N * D * C
+
+
+# Checks that held (each could fail): half precision, autocast, state, accumulation, inputs.
+
+HALF_TOLERANCE = {torch.bfloat16: 2.0**-8 / 4, torch.float16: 2.0**-11 / 4, "autocast": 2.0**-8 / 4}
+
+
+def run_head(head, x, y, autocast: bool = False):
+    """(loss, dL/dx, dL/dW) of one training step."""
+    x = x.clone().requires_grad_()
+    head.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = head(x, y)
+    loss.backward()
+    return loss.detach(), x.grad, head.weight.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, "autocast"])
+@pytest.mark.parametrize("name", registry.loss_names())
+def test_half_precision_heads_as_documented(name, dtype):
+    """Half inputs: loss and gradients in the input dtype; float32 parameters under bfloat16
+    autocast: a float32 loss (as F.cross_entropy) and float32 gradients. Finite, and chunked's
+    error against a float64 twin on the same rounded inputs within eager's own plus
+    eps / 4."""
+    torch.manual_seed(0)
+    base = registry.build_head(name, D, C)
+    x, y = batch(norm=5.0 if name in ("adaface", "magface") else 1.0)
+    autocast = dtype == "autocast"
+    errors = {}
+    for impl in ("eager", "chunked"):
+        head = copy.deepcopy(base)
+        head.impl = impl
+        if not autocast:
+            head = head.to(dtype)
+        twin = copy.deepcopy(head).double()  # the float64 twin sees the rounded values
+        rounded = x.bfloat16() if autocast else x.to(dtype)
+        if autocast:
+            twin.weight.data = head.weight.data.bfloat16().double()
+            if getattr(twin, "bias", None) is not None:
+                twin.bias.data = head.bias.data.bfloat16().double()
+        result = run_head(head, x if autocast else rounded, y, autocast)
+        exact = run_head(twin, rounded.double(), y)
+        loss_dtype = torch.float32 if autocast else dtype
+        grad_dtype = torch.float32 if autocast else dtype
+        assert result[0].dtype == loss_dtype
+        assert result[1].dtype == grad_dtype and result[2].dtype == grad_dtype
+        assert all(bool(t.isfinite().all()) for t in result)
+        errors[impl] = relative_errors(result, exact)
+    for chunked, eager in zip(errors["chunked"], errors["eager"], strict=True):
+        assert chunked <= 1.5 * eager + HALF_TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("name", ["adacos", "adaface", "curricularface", "sphereface"])
+def test_state_trained_chunked_moves_to_eager_and_to_bfloat16(name, tmp_path):
+    """A head trained with impl="chunked", saved, loaded into an eager head and into a
+    bfloat16 one: the running state arrives whole (float64 in both) and the eager head's
+    next loss (train and eval) equals the chunked one's."""
+    torch.manual_seed(0)
+    head = registry.build_head(name, D, C)
+    head.impl = "chunked"
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
+    for seed in range(3):
+        optimizer.zero_grad()
+        head(*batch(seed=seed, norm=20.0)).backward()
+        optimizer.step()
+    torch.save(head.state_dict(), tmp_path / "head.pt")
+    state = torch.load(tmp_path / "head.pt")
+    running = {k: v for k, v in state.items() if k not in ("weight", "bias")}
+    assert any(not torch.equal(v, registry.build_head(name, D, C).state_dict()[k])
+               for k, v in running.items())  # training moved it
+    eager = registry.build_head(name, D, C)
+    eager.impl = "eager"
+    eager.load_state_dict(state)
+    half = registry.build_head(name, D, C).to(torch.bfloat16)
+    half.load_state_dict(state)
+    for key, value in running.items():
+        assert torch.equal(half.state_dict()[key], value)
+        if value.is_floating_point():
+            assert half.state_dict()[key].dtype == torch.float64
+    x, y = batch(seed=9, norm=20.0)
+    for train in (True, False):
+        expected = copy.deepcopy(head).train(train)(x, y)
+        actual = copy.deepcopy(eager).train(train)(x, y)
+        assert actual.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("keep_bytes", [None, 0])  # fused; two sweeps
+@pytest.mark.parametrize("name", ["arcface", "adaface", "softmax"])
+def test_gradient_accumulation_over_two_micro_batches(name, keep_bytes, monkeypatch):
+    """Two micro-batches of N / 2, each loss (a mean) halved and backward'ed into the same
+    .grad: the gradients of one batch of N through float64 eager, within float32's error."""
+    if keep_bytes is not None:
+        monkeypatch.setattr(plan, "KEEP_BYTES", keep_bytes)
+    torch.manual_seed(0)
+    head = registry.build_head(name, D, C).eval()  # eval: AdaFace's EMAs stay put
+    twin = copy.deepcopy(head).double()
+    head.impl, twin.impl = "chunked", "eager"
+    x, y = batch(norm=5.0)
+    x = x.requires_grad_()
+    for part in (slice(0, N // 2), slice(N // 2, N)):
+        (head(x[part], y[part]) / 2).backward()
+    x64 = x.detach().double().requires_grad_()
+    twin(x64, y).backward()
+    assert max(relative_errors((x.grad, head.weight.grad), (x64.grad, twin.weight.grad))) < 1e-5
+
+
+def awkward_inputs(case: str):
+    """(x (n, D), w (C, D), y (n,)) in float64, w possibly a non-contiguous view."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(C, D, generator=g, dtype=torch.float64)
+    x = torch.randn(N, D, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (N,), generator=g)
+    if case == "zero-row":
+        x[0] = 0.0
+    elif case == "on-centre":
+        x[:4] = w[y[:4]] * 2.0
+    elif case == "duplicated-centres":
+        w[1], y[:6] = w[0], 0
+    elif case == "single-sample":
+        x, y = x[:1], y[:1]
+    elif case == "int32-labels":
+        y = y.int()
+    elif case == "transposed-weight":
+        w = w.t().contiguous().t()
+    return x, w, y
+
+
+WELL_CONDITIONED = ("duplicated-centres", "single-sample", "int32-labels", "transposed-weight")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", ["zero-row", "on-centre", *WELL_CONDITIONED])
+@pytest.mark.parametrize("name", ["arcface", "curricularface", "subcenter-arcface"])
+def test_awkward_inputs_in_half_precision(name, case, dtype):
+    """Finite loss and gradients in both paths (float16's zero row excepted: g / 1e-12
+    overflows there, as docs/index.md says); where the problem is well conditioned, chunked
+    within eager's own error against float64 plus eps / 4."""
+    if case == "zero-row" and dtype == torch.float16:
+        pytest.skip("documented: the gradient of x / max(|x|, 1e-12) at 0 is inf in float16")
+    x, w, y = awkward_inputs(case)
+    torch.manual_seed(0)
+    base = registry.build_head(name, D, C).eval()
+    errors = {}
+    for impl in ("eager", "chunked"):
+        head = copy.deepcopy(base).to(dtype)
+        head.impl = impl
+        k = getattr(head, "sub_centers", 1)
+        centres = w if k == 1 else w.repeat_interleave(k, 0)  # (C * k, D)
+        head.weight = torch.nn.Parameter(centres.to(dtype))  # .to keeps a transposed layout
+        assert head.weight.is_contiguous() == (case != "transposed-weight" or k > 1)
+        twin = copy.deepcopy(head).double()
+        result = run_head(head, x.to(dtype), y)
+        assert all(bool(t.isfinite().all()) for t in result)
+        errors[impl] = relative_errors(result, run_head(twin, x.to(dtype).double(), y))
+    if case in WELL_CONDITIONED:
+        for chunked, eager in zip(errors["chunked"], errors["eager"], strict=True):
+            assert chunked <= 1.5 * eager + HALF_TOLERANCE[dtype]
+
+
+class Model(torch.nn.Module):
+    """A small backbone and a head: what a user compiles."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(),
+                                            torch.nn.Linear(32, D))
+        self.head = head
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x), y)
+
+
+@pytest.mark.parametrize("name,impl", [("arcface", "eager"), ("arcface", "chunked"),
+                                       ("adaface", "chunked")])
+def test_compiled_model_with_head_matches_and_takes_another_batch_size(name, impl):
+    """torch.compile(model) (AOT autograd): loss and every gradient as the plain model's,
+    also for a second batch size (a recompile, or dynamic shapes), not a stale graph."""
+    torch.manual_seed(0)
+    head = registry.build_head(name, D, C)
+    head.impl = impl
+    model = Model(head)
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="aot_eager")
+    for n in (N, 17):
+        g = torch.Generator().manual_seed(n)
+        x, y = torch.randn(n, 8, generator=g), torch.randint(0, C, (n,), generator=g)
+        for module in (compiled, twin):
+            module.zero_grad()
+        loss, expected = compiled(x, y), twin(x, y)
+        loss.backward()
+        expected.backward()
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
