@@ -12,13 +12,29 @@ buffers (fill_, or the add_ of mul_().add_()), so a compiled head kept stale sta
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import torch
 
 
 def state_update(method):
     """Decorator: run ``method`` (an in-place update of float64 state) eagerly, a graph break
-    under torch.compile instead of an update the compiled graph would lose."""
-    return torch.compiler.disable(method)
+    under torch.compile instead of an update the compiled graph would lose. The compiler's
+    disable is taken only once torch._dynamo is loaded (nothing compiles before): taking it
+    at import would load dynamo, and with it triton, for every user of the package."""
+    disabled = None
+
+    @functools.wraps(method)
+    def update(*args, **kwargs):
+        nonlocal disabled
+        if "torch._dynamo" not in sys.modules:
+            return method(*args, **kwargs)
+        if disabled is None:
+            disabled = torch.compiler.disable(method)
+        return disabled(*args, **kwargs)
+
+    return update
 
 
 class Float64State(torch.nn.Module):
