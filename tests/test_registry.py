@@ -52,6 +52,14 @@ def test_registry_defaults_override_class_defaults_and_params_override_both():
     assert isinstance(build_head("softmax", 4, 3), SoftmaxLoss)
 
 
+@pytest.mark.parametrize("name", loss_names())
+def test_build_head_takes_the_impl(name):
+    """impl is fixed by the caller (not a loss parameter), so build_head must pass it on."""
+    impl = "eager" if name != "subcenter-arcface" else "chunked"
+    assert build_head(name, 4, 3, impl=impl).impl == impl
+    assert build_head(name, 4, 3).impl == "auto"
+
+
 def test_unknown_parameter_lists_the_accepted_ones():
     with pytest.raises(ValueError, match="loss 'softmax' has no parameter 'scale'; its "
                                          "parameters are: bias"):

@@ -95,8 +95,11 @@ def head_parameters(name: str) -> dict[str, Any]:
     return params
 
 
-def build_head(name: str, embedding_dim: int, num_classes: int, **params: Any) -> nn.Module:
-    """The head for loss ``name`` with the registry's defaults, updated by ``params``."""
+def build_head(
+    name: str, embedding_dim: int, num_classes: int, *, impl: str = "auto", **params: Any
+) -> nn.Module:
+    """The head for loss ``name`` with the registry's defaults, updated by ``params``, on the
+    path ``impl`` ("auto", "eager", "chunked" or "triton", as the head accepts)."""
     accepted = head_parameters(name)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
@@ -105,4 +108,4 @@ def build_head(name: str, embedding_dim: int, num_classes: int, **params: Any) -
             f"{', '.join(accepted) or '(none)'}"
         )
     spec = LOSSES[resolve_name(name)]
-    return spec.head(embedding_dim, num_classes, **{**spec.defaults, **params})
+    return spec.head(embedding_dim, num_classes, impl=impl, **{**spec.defaults, **params})
