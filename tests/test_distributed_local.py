@@ -232,3 +232,25 @@ def test_cuda_world_size_one_equals_the_eager_head():
     torch.testing.assert_close(loss, ref_loss, **TOL)
     torch.testing.assert_close(dx, ref_dx, **TOL)
     torch.testing.assert_close(dw, ref_dw, **TOL)
+
+
+def test_confident_rows_keep_their_small_loss_and_gradients_in_float32():
+    """The loss was lse - t from the global lse ~ t, which keeps nothing of a loss below
+    ulp(t) (~4e-6 at s = 64), and p_t - 1 was expm1(t - lse): in float32 a confident batch
+    gave loss 0 and gradients far off. Float32 against the float64 single-process head."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(40, 64, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 40, (12,), generator=g)
+    x = torch.nn.functional.normalize(weight, dim=1)[labels] + 0.3 * torch.randn(
+        12, 64, generator=g, dtype=torch.float64) / 8  # near its centre: loss 1e-9 to 1e-5
+    results = []
+    for head in (ArcFacePartialFC(64, 40, margin=0.5, scale=64.0),
+                 ms.ArcFace(64, 40, margin=0.5, scale=64.0, impl="eager").double()):
+        with torch.no_grad():
+            head.weight.copy_(weight)
+        results.append(_grads(lambda e, h=head: h(e.to(h.weight.dtype), labels), x,
+                              head.weight))
+    (loss, dx, dw), (ref_loss, ref_dx, ref_dw) = results
+    assert 0 < ref_loss < 1e-4
+    for got, want in ((loss, ref_loss), (dx, ref_dx), (dw, ref_dw)):
+        assert float((got.double() - want).norm() / want.norm()) < 1e-4

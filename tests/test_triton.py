@@ -408,6 +408,31 @@ def test_partial_fc_on_the_triton_primitives(schedule):
         ArcFacePartialFC(6, 37, impl="fused")
 
 
+def test_partial_fc_on_the_triton_primitives_keeps_confident_rows():
+    """Rows near their centres (loss 1e-9 to 1e-5 at s = 64): the sharded head's loss
+    log(1 + e^gap) and p_t - 1 = -sigmoid(gap) from the gap to the target, not from the
+    rounded global lse (which gave loss 0 in float32). Float32 against float64 eager."""
+    from margin_softmax.distributed import ArcFacePartialFC
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(40, 64, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 40, (12,), generator=g)
+    x = torch.nn.functional.normalize(w, dim=1)[y] + 0.3 * torch.randn(
+        12, 64, generator=g, dtype=torch.float64) / 8
+    head = ArcFacePartialFC(64, 40, margin=0.5, scale=64.0, impl="triton").to(DEVICE)
+    with torch.no_grad():
+        head.weight.copy_(w)
+    xs = x.float().to(DEVICE).requires_grad_()
+    loss = head(xs, y.to(DEVICE))
+    loss.backward()
+    x64, w64 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = margin_cross_entropy(x64, w64, y, scale=64.0, m2=0.5, fallback="seed", impl="eager")
+    ref.backward()
+    assert 0 < ref < 1e-4
+    actual = [t.detach().double().cpu() for t in (loss, xs.grad, head.weight.grad)]
+    assert max(rel_errors(actual, [ref.detach(), x64.grad, w64.grad])) < 1e-4
+
+
 def test_per_sample_target_logits_equal_eager():
     """target_cross_entropy(impl="triton"): logits s cos off the target, a per-sample target
     logit with its own autograd (here s cos(theta + m_i)) on it; loss and the gradients of x

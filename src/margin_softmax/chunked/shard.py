@@ -42,12 +42,15 @@ def shard_logsumexp(
     target_logit: torch.Tensor,
     row_scale: torch.Tensor,
     block_size: int | None = None,
+    *,
+    with_target: bool = True,
 ) -> torch.Tensor:
     """lse (N,) over this shard's classes of r_i * cos_ij, the target class (local_target,
-    -1 where another shard owns it) holding target_logit. x_hat (N, D) unit rows, weight
-    (C_r, D) raw, row_scale (N,). -inf for an empty shard. Compute dtype."""
+    -1 where another shard owns it) holding target_logit; with_target=False, over the other
+    classes only (the caller adds the target: exact for confident rows). x_hat (N, D) unit
+    rows, weight (C_r, D) raw, row_scale (N,). -inf for an empty shard. Compute dtype."""
     classes, rows = _sides(x_hat, weight, local_target, target_logit, row_scale, block_size)
-    return lse_sweep(classes, rows)
+    return lse_sweep(classes, rows, with_target)
 
 
 @torch.no_grad()
@@ -63,6 +66,7 @@ def shard_gradients(
     block_size: int | None = None,
     *,
     need_row_scale_grad: bool = True,
+    gap: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of sum_i row_grad_i * loss_i from this shard's classes, lse the GLOBAL one:
 
@@ -70,7 +74,9 @@ def shard_gradients(
         dcos_ij   = row_grad_i * r_i * dlogit_ij      (times target_dpsi_i at the target)
 
     target_dpsi None: the target cells contribute nothing here (a target logit with its own
-    autograd; its gradient is row_grad_i * (p_it - 1), from the global lse).
+    autograd; its gradient is row_grad_i * (p_it - 1), from the global lse). gap (N,): the
+    global lse over the other classes - target_logit, where the caller has it: p_it - 1 is
+    then -sigmoid(gap), exact for confident rows, instead of expm1(target_logit - lse).
 
     Returns d_x_hat (N, D) and d_row_scale (N,) in compute dtype (d_row_scale_i = row_grad_i *
     sum_j dlogit_ij * logit_ij / r_i, 0 where r_i = 0; None unless need_row_scale_grad), and
@@ -79,9 +85,8 @@ def shard_gradients(
     acc = classes.acc
     row_grad = row_grad.to(acc)
     dpsi = None if target_dpsi is None else target_dpsi.to(acc)
-    grads = gradient_sweep(
-        classes, rows, lse.to(acc), row_grad, dpsi, need_row_scale_grad
-    )
+    gap = None if gap is None else gap.to(acc)
+    grads = gradient_sweep(classes, rows, lse.to(acc), row_grad, dpsi, need_row_scale_grad, gap)
     d_row_scale = None
     if need_row_scale_grad:
         d_row_scale = row_scale_gradient(grads.dot, rows.row_scale, row_grad)

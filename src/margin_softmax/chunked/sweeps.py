@@ -161,7 +161,7 @@ def _tile_gradients(classes, rows, block, a, b, tile, factor, grads, targets, de
 
 def p_target_minus_1(target_logit, lse, gap=None) -> torch.Tensor:
     """p_t - 1 (R,): -sigmoid(gap), gap = lse_other - target_logit, where known (exact as
-    p_t -> 1); else expm1(t - lse) (the shard primitives, given only the global lse)."""
+    p_t -> 1); else expm1(t - lse) (a caller of the shard primitives that passes no gap)."""
     return torch.expm1(target_logit - lse) if gap is None else -torch.sigmoid(gap)
 
 

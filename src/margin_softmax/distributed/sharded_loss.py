@@ -6,11 +6,13 @@ forward, on every rank:
     X      = all-gather of every rank's embeddings                     # (N, D), N = sum n_r
     x_hat  = X / |X|
     t_i    = r * psi(cos(x_hat_i, w_{y_i}))  on the rank owning y_i     # (N,)
-    lse_i  = logsumexp over ranks of shard_logsumexp(x_hat, W_r, ...)  # (N,), exact
-    loss   = mean_i (lse_i - t_i)       the same value on every rank
+    o_i    = logsumexp over ranks of the shards' lse over non-target classes   # (N,)
+    gap_i  = o_i - t_i,  lse_i = logaddexp(o_i, t_i)
+    loss   = mean_i log(1 + e^gap_i)    (= lse_i - t_i, exact however small) on every rank
 
 backward, on every rank:
-    shard_gradients with the global lse gives dloss/dW_r (exact) and this shard's share of
+    shard_gradients with the global lse (and gap: p_t - 1 = -sigmoid(gap)) gives dloss/dW_r and
+    this shard's share of
     dloss/dx_hat for all N rows; the shares are summed over ranks with a reduce-scatter that
     returns each rank its own rows, and go through the normalisation of x.
 
@@ -57,22 +59,24 @@ def use_triton(impl: str, weight: torch.Tensor) -> bool:
     return kernels_fit(weight)
 
 
-def _logsumexp(x_hat, weight, local_target, t, r, block_size, triton: bool):
+def _other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton: bool):
+    """This shard's lse over its non-target classes (N,)."""
     if triton:
         from ..kernels.shard import triton_shard_logsumexp
 
-        return triton_shard_logsumexp(x_hat, weight, local_target, t, r)
-    return shard_logsumexp(x_hat, weight, local_target, t, r, block_size)
+        return triton_shard_logsumexp(x_hat, weight, local_target, t, r, with_target=False)
+    return shard_logsumexp(x_hat, weight, local_target, t, r, block_size, with_target=False)
 
 
-def _gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad, block_size,
+def _gradients(x_hat, weight, local_target, t, dpsi, r, lse, gap, row_grad, block_size,
                triton: bool):
     if triton:
         from ..kernels.shard import triton_shard_gradients
 
-        return triton_shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad)
+        return triton_shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad,
+                                      gap=gap)
     return shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad, block_size,
-                           need_row_scale_grad=False)
+                           need_row_scale_grad=False, gap=gap)
 
 
 def _target_logits(x_hat, weight, local_target, scale: float, margin: Margin):
@@ -101,12 +105,13 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
             n = layout.total
             t, dpsi = _target_logits(x_hat, weight, local_target, scale, margin)
             r = torch.full((n,), scale, dtype=acc, device=x_hat.device)  # (N,)
-            lse_here = _logsumexp(x_hat, weight, local_target, t, r, block_size, triton)
-            partial = torch.cat([lse_here.to(acc), t.sum()[None]])  # (N + 1,)
-            table = all_gather_stack(partial, group)  # (W, N + 1), the same on every rank
-            lse = table[:, :n].logsumexp(0)  # (N,)
-            loss = (lse.sum() - table[:, n].sum()) / n
-        ctx.save_for_backward(embeddings, weight, local_target, x_hat, t, dpsi, lse)
+            other = _other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton)
+            partial = torch.cat([other.to(acc), t])  # (2N,): t is 0 where another rank owns it
+            table = all_gather_stack(partial, group)  # (W, 2N), the same on every rank
+            other, t_all = table[:, :n].logsumexp(0), table[:, n:].sum(0)  # (N,) each
+            gap, lse = other - t_all, torch.logaddexp(other, t_all)  # (N,) each
+            loss = torch.logaddexp(gap, torch.zeros_like(gap)).sum() / n
+        ctx.save_for_backward(embeddings, weight, local_target, x_hat, t, dpsi, lse, gap)
         ctx.layout, ctx.scale, ctx.group, ctx.block_size = layout, scale, group, block_size
         ctx.triton = triton
         return loss.to(embeddings.dtype)
@@ -114,13 +119,13 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        embeddings, weight, local_target, x_hat, t, dpsi, lse = ctx.saved_tensors
+        embeddings, weight, local_target, x_hat, t, dpsi, lse, gap = ctx.saved_tensors
         layout, group = ctx.layout, ctx.group
         with torch.autocast(grad_output.device.type, enabled=False):
             n = layout.total
             r = torch.full((n,), ctx.scale, dtype=x_hat.dtype, device=x_hat.device)
             row_grad = (grad_output.to(x_hat.dtype) / n).expand(n)  # (N,)
-            d_x_hat, d_weight, _ = _gradients(x_hat, weight, local_target, t, dpsi, r, lse,
+            d_x_hat, d_weight, _ = _gradients(x_hat, weight, local_target, t, dpsi, r, lse, gap,
                                               row_grad, ctx.block_size, ctx.triton)
             d_x_hat = d_x_hat.to(x_hat.dtype)
             d_embeddings = None

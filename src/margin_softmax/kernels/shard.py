@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..chunked.sweeps import p_target_minus_1
 from .forward import non_target_softmax
 from .gradients import gradients
 from .norms import row_inv_norms
@@ -29,10 +30,13 @@ def _operands(x_hat, weight, local_target):
 @torch.no_grad()
 def triton_shard_logsumexp(x_hat: torch.Tensor, weight: torch.Tensor,
                            local_target: torch.Tensor, target_logit: torch.Tensor,
-                           row_scale: torch.Tensor) -> torch.Tensor:
+                           row_scale: torch.Tensor, *, with_target: bool = True) -> torch.Tensor:
     """lse (N,) float32 over this shard's classes of r_i cos_ij, the target class holding
-    target_logit; -inf for an empty shard. x_hat (N, D) unit rows, weight (C_r, D) raw."""
+    target_logit (with_target=False: the other classes only); -inf for an empty shard.
+    x_hat (N, D) unit rows, weight (C_r, D) raw."""
     owned = torch.where(local_target >= 0, target_logit.float(), -float("inf"))  # (N,)
+    if not with_target:
+        owned = torch.full_like(owned, -float("inf"))
     if weight.shape[0] == 0:
         return owned
     x, labels = _operands(x_hat, weight, local_target)
@@ -46,15 +50,17 @@ def triton_shard_logsumexp(x_hat: torch.Tensor, weight: torch.Tensor,
 def triton_shard_gradients(x_hat: torch.Tensor, weight: torch.Tensor,
                            local_target: torch.Tensor, target_logit: torch.Tensor,
                            target_dpsi: torch.Tensor, row_scale: torch.Tensor,
-                           lse: torch.Tensor, row_grad: torch.Tensor):
+                           lse: torch.Tensor, row_grad: torch.Tensor, *,
+                           gap: torch.Tensor | None = None):
     """(d_x_hat (N, D) float32, d_weight (C_r, D) in weight's dtype, None): this shard's
-    share of the gradients of sum_i row_grad_i * loss_i, lse (N,) the global one."""
+    share of the gradients of sum_i row_grad_i * loss_i, lse (N,) the global one; gap (N,)
+    the global lse over the other classes - target_logit, where known (exact p_t - 1)."""
     n, dim = x_hat.shape
     if weight.shape[0] == 0:
         return x_hat.new_zeros(n, dim, dtype=torch.float32), weight.new_zeros(0, dim), None
     x, labels = _operands(x_hat, weight, local_target)
     r, lse, g = row_scale.float(), lse.float(), row_grad.float()
-    p_minus_1 = torch.expm1(target_logit.float() - lse)  # (N,), no cancellation as p -> 1
+    p_minus_1 = p_target_minus_1(target_logit.float(), lse, None if gap is None else gap.float())
     target_grad = torch.where(labels >= 0, g * r * p_minus_1 * target_dpsi.float(), 0.0)
     inv = row_inv_norms(weight)
     d_x_hat, d_weight = gradients(x, weight, inv, r.contiguous(), labels, lse.contiguous(),
