@@ -13,7 +13,9 @@ in cuBLAS and the two logit products are GEMM tiles with no (BLOCK, D) accumulat
 the fused schedule (forward.py's v, backward.py). Memory beyond the inputs and dW: H and A
 for one chunk (CHUNK_BYTES each at D = 512, 3% of W + dW at 1024 x 512 x 1M bf16),
 independent of C. Half inputs: H in bfloat16 (as the fused kernels round G for their dot) or,
-for float16, float32 (G * inv can pass 65504); A is float32 so that dW is rounded once.
+for float16, float32 (G * inv can pass 65504); A is float32 so that dW is rounded once. The
+target cells, which carry most of dW at small scales, stay out of H (0 there) and are added
+in float32 as rank-one terms: t_i inv_y w_y to dL/dx_hat_i, t_i inv_y x_hat_i to A_y.
 """
 
 from __future__ import annotations
@@ -95,15 +97,27 @@ def gradients(x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor, r: torch
     h_store = torch.empty(n, width, device=x.device, dtype=mm)
     dx = torch.zeros(n, dim, device=x.device, dtype=torch.float32) if want_dx else None
     dw = weight.new_empty(weight.shape) if want_dw else None  # contiguous
+    # The target cells, H_iy = t_i inv_y, carry most of dW's norm: added in float32 as
+    # rank-one terms, not rounded into a 16-bit H (which doubled dW's error against eager's
+    # at small scales). The tiles get 0 there.
+    owned = labels >= 0  # (N,): -1, a target on another shard
+    y = labels.clamp_min(0)
+    h_target = torch.where(owned, target_grad * inv[y], 0.0)  # (N,) float32
+    if want_dx:
+        dx += h_target[:, None] * weight[y].float()
+    no_target, x_f32 = torch.zeros_like(target_grad), x.float()
     for start in range(0, num_classes, width):
         stop = min(start + width, num_classes)
         h = h_store[:, : stop - start]  # (N, T)
-        gradient_tile(x, weight, inv, r, labels, lse, row_grad_r, target_grad, start, stop, h)
+        gradient_tile(x, weight, inv, r, labels, lse, row_grad_r, no_target, start, stop, h)
         w = weight[start:stop].to(mm)  # (T, D); a copy only for float16
         if want_dx:
             dx += mm_float32(h, w)
         if want_dw:  # A in float32: rounded to bfloat16 before the projection, dW's error
             a = mm_float32(h.t(), x_mm)  # (T, D)    was 1.5x eager's (single rounding: 1x)
+            here = (y >= start) & (y < stop) & owned  # (N,) targets in this chunk, no sync
+            a.index_add_(0, (y - start).clamp(0, stop - start - 1),
+                         torch.where(here, h_target, 0.0)[:, None] * x_f32)
             grid = (triton.cdiv(stop - start, ROWS_PER_PROGRAM),)
             unit_rows_grad_kernel[grid](
                 a, weight[start:], inv[start:], dw[start:], stop - start, dim, a.stride(0),
