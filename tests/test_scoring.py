@@ -131,3 +131,14 @@ def test_read_embeddings_errors(tmp_path):
 def test_far_key():
     assert scoring.far_key(1e-3) == "tar_at_far_1e-3"
     assert scoring.far_key(0.0025) == "tar_at_far_2.5e-3"
+
+
+def test_pair_cosines_in_blocks_of_trials(monkeypatch):
+    """Blocks of trials (two (block, D) gathers, not two (T, D)) give every trial's cosine."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(9, 4))
+    i, j = rng.integers(0, 9, 20), rng.integers(0, 9, 20)
+    monkeypatch.setattr(scoring, "PAIR_BLOCK", 3)  # 7 blocks, the last one partial
+    want = [emb[a] @ emb[b] / np.linalg.norm(emb[a]) / np.linalg.norm(emb[b])
+            for a, b in zip(i, j, strict=True)]
+    np.testing.assert_allclose(scoring.pair_cosines(emb, i, j), want, rtol=1e-12)
