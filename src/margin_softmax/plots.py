@@ -1,5 +1,6 @@
 """The figures of ``compare``, drawn with matplotlib's object API and the Agg canvas (no
-pyplot, no display, no global backend switch). Each function writes one PNG.
+pyplot, no display, no global backend switch). Each function writes one PNG and returns its
+Figure (tests read the plotted data from it).
 
 - ``unit_circle``: 2-D embeddings normalised onto the unit circle, one colour per class,
   with the class-centre directions (the classic ArcFace figure), one panel per loss.
@@ -37,7 +38,7 @@ def _panels(count: int, width: float = 3.4, height: float = 3.2):
 
 def unit_circle(
     runs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | os.PathLike
-) -> None:
+) -> Figure:
     """runs: loss -> (embeddings (N, 2), labels (N,) in [0, C), centres (C, 2) or empty)."""
     fig, axes = _panels(len(runs))
     circle = np.linspace(0, 2 * math.pi, 200)
@@ -57,9 +58,10 @@ def unit_circle(
         ax.set_yticks([])
     fig.suptitle("2-D embeddings on the unit circle; lines: class-centre directions")
     fig.savefig(path)
+    return fig
 
 
-def target_logit_curves(margins: dict[str, Margin | None], path: str | os.PathLike) -> None:
+def target_logit_curves(margins: dict[str, Margin | None], path: str | os.PathLike) -> Figure:
     """margins: label -> the loss's Margin. An identity Margin (no margin: the target logit is
     the plain cosine) joins the dotted reference line cos(theta); None (a margin that varies
     per sample, e.g. with the feature norm) is listed under the plot, not drawn."""
@@ -86,11 +88,12 @@ def target_logit_curves(margins: dict[str, Margin | None], path: str | os.PathLi
     ax.set_title("Target-logit curves: margins push the target logit down")
     ax.legend(fontsize=8)
     fig.savefig(path)
+    return fig
 
 
 def score_histograms(
     trials: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike
-) -> None:
+) -> Figure:
     """trials: loss -> (scores (T,), labels (T,) 1 target / 0 non-target)."""
     fig, axes = _panels(len(trials), height=2.8)
     bins = np.linspace(-1, 1, 81)
@@ -105,9 +108,12 @@ def score_histograms(
         axes[0].legend(fontsize=8)
     fig.suptitle("Verification scores on identities unseen in training")
     fig.savefig(path)
+    return fig
 
 
-def det_curves(trials: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike) -> None:
+def det_curves(
+    trials: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike
+) -> Figure:
     """trials: loss -> (scores (T,), labels (T,)). Axes are probit(rate), as DET plots are."""
     ticks = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4])
     lo, hi = 5e-4, 0.5
@@ -130,3 +136,4 @@ def det_curves(trials: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.
     ax.grid(color="0.9")
     ax.legend(fontsize=8)
     fig.savefig(path)
+    return fig
