@@ -124,7 +124,7 @@ def curve_label(name: str, margin: Margin) -> str:
     parts = [f"m{k}={v:g}" for k, v, plain in
              ((1, margin.m1, 1), (2, margin.m2, 0), (3, margin.m3, 0)) if v != plain]
     if margin.blend:
-        parts.append(f"lambda={margin.blend:g}")
+        parts.append(f"λ={margin.blend:g}")
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
@@ -179,8 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
         model_2d, head_2d, _ = train_one(name, x_2d, y_2d, classes_2d, config_2d, progress,
                                          desc=f"{name} 2-D")
-        centres = head_2d.weight.detach().numpy()
-        centres = centres if centres.shape[0] == classes_2d else np.zeros((0, 2))
+        centres = head_2d.weight.detach().numpy()  # (C*K, 2): K sub-centres per class, or 1
         circle[name] = (embed(model_2d, x_2d), y_2d, centres)
 
     results["settings"] = {
