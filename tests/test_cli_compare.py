@@ -4,10 +4,12 @@ import base64
 import json
 import math
 import re
+from html.parser import HTMLParser
 
 import matplotlib.image
 import pytest
 
+from margin_softmax import report
 from margin_softmax.cli.main import main
 from margin_softmax.registry import DEFAULT_LOSSES
 
@@ -70,6 +72,61 @@ def test_report_is_self_contained(first):
         assert f"<td>{name}</td>" in page
 
 
+class Page(HTMLParser):
+    """The table cells, figure captions and image alt texts of a page; fails on a tag closed
+    out of order or left open."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self, text):
+        super().__init__()
+        self.open, self.cells, self.captions, self.alts = [], [], [], []
+        self.feed(text)
+        self.close()
+        assert self.open == [], f"unclosed tags {self.open}"
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.alts.append(dict(attrs)["alt"])
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open[-1] == tag, (tag, self.open)
+        self.open.pop()
+
+    def handle_data(self, data):
+        if self.open and self.open[-1] in ("td", "th"):
+            self.cells.append(data)
+        elif self.open and self.open[-1] == "figcaption":
+            self.captions.append(data)
+
+
+def test_report_table_and_captions_are_this_runs(first):
+    results = json.loads((first / "results.json").read_text())
+    page = Page((first / "report.html").read_text())
+    header, rows = report.table_rows(results)
+    assert page.cells == header + [cell for row in rows for cell in row]
+    assert rows[0][2] == f"{100 * results['losses']['softmax']['eer']:.2f}%"
+    assert len(set(page.alts)) == len(FIGURES)
+    assert not any(alt.endswith(".png") for alt in page.alts)
+    circle, curves, scores, det = page.captions
+    assert "8 other synthetic identities × 100 samples" in circle  # the 2-D run's data
+    assert "200 verification trials, 100 target" in scores and "4 identities" in scores
+    assert "With 100 non-target and 100 target trials, rates below 1 %" in det
+    assert "annealing weight λ" in curves and "Not drawn" not in curves
+
+
+def test_per_sample_margins_and_sub_centres_are_named_in_the_captions(tmp_path):
+    out = tmp_path / "v"
+    assert run(["compare", "--out", out, *TINY, "--losses", "arcface", "magface",
+                "subcenter-arcface"]) == 0
+    circle, curves, _, _ = Page((out / "report.html").read_text()).captions
+    assert "line per sub-centre" in circle
+    assert curves.endswith("varies from sample to sample: magface.")
+    assert "annealing" not in curves  # no SphereFace in this run
+
+
 def test_same_seed_same_numbers_other_seed_other_numbers(first, tmp_path, capsys):
     assert run(["compare", "--out", tmp_path / "again", *TINY]) == 0
     table = capsys.readouterr().out
@@ -105,6 +162,8 @@ def test_digits(tmp_path):
     assert run(["compare", *args]) == 0
     settings = json.loads((tmp_path / "d" / "results.json").read_text())["settings"]
     assert (settings["dataset"], settings["train_identities"]) == ("digits", 7)
+    page = Page((tmp_path / "d" / "report.html").read_text())
+    assert "the 7 training digits" in page.captions[0] and "synthetic" not in page.captions[0]
 
 
 @pytest.mark.parametrize(

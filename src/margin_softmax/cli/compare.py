@@ -31,17 +31,6 @@ SYNTHETIC_DIM = 32
 CLASSES_2D = 8  # classes in the unit-circle figure
 SAMPLES_2D = 100  # samples per class of the synthetic 2-D run
 
-FIGURES = (
-    ("unit_circle.png", "A separate run with embedding_dim=2 (8 synthetic identities, or the "
-     "training digits): embeddings normalised onto the unit circle, coloured by class; lines "
-     "are the class-centre directions. With a margin, classes gather closer to their centres."),
-    ("target_logit.png", "Target-logit curves psi(theta): how each loss bends the target "
-     "logit s*cos(theta) as the angle to the class centre grows."),
-    ("scores.png", "Cosine scores of target and non-target trials on held-out identities."),
-    ("det.png", "DET curves of the same trials: false rejects against false accepts."),
-)
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare",
@@ -211,11 +200,13 @@ def run(args: argparse.Namespace) -> int:
     plots.score_histograms(trials, out / "scores.png")
     plots.det_curves(trials, out / "det.png")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    report.write_html(out / "report.html", results, [(c, out / f) for f, c in FIGURES])
+    sub_centres = any(c.shape[0] > classes_2d for _, _, c in circle.values())
+    figures = report.figure_texts(results["settings"], curves, sub_centres)
+    report.write_html(out / "report.html", results, [(a, c, out / f) for f, a, c in figures])
 
     print(report.format_table(results))
     seconds = time.perf_counter() - start
     count = f"{len(losses)} loss" + ("es" if len(losses) != 1 else "")
     print(f"\n{count} in {seconds:.0f} s; wrote {out}/: results.json, report.html, "
-          + ", ".join(f for f, _ in FIGURES))
+          + ", ".join(f for f, _, _ in figures))
     return 0
