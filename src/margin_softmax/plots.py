@@ -153,10 +153,11 @@ def score_histograms(
     bins = np.linspace(-1, 1, 81)
     for ax, (name, (scores, labels)) in zip(axes, trials.items(), strict=True):
         target = np.asarray(labels) == 1
-        ax.hist(scores[~target], bins=bins, alpha=0.6, density=True, color=OKABE_ITO[0],
-                label="non-target")
-        ax.hist(scores[target], bins=bins, alpha=0.6, density=True, color=OKABE_ITO[1],
-                label="target")
+        for kind, rows, colour in (("non-target", ~target, OKABE_ITO[0]),
+                                   ("target", target, OKABE_ITO[1])):
+            ax.hist(scores[rows], bins=bins, density=True, color=colour, alpha=0.45, label=kind)
+            # the outline keeps each shape visible where the two overlap
+            ax.hist(scores[rows], bins=bins, density=True, color=colour, histtype="step", lw=1)
         ax.set_title(name)
         ax.set_xlabel("cosine score")
         ax.set_ylabel("density")
