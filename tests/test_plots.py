@@ -235,3 +235,36 @@ def test_score_histograms_label_both_axes(tmp_path):
                                                                             "target"]
     assert math.isclose(sum(p.get_height() * p.get_width() for p in fig.axes[0].patches[:80]),
                         1.0, rel_tol=1e-6)
+
+
+def texts_of(fig):
+    """Every piece of text drawn on the figure."""
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        for axis in (ax.xaxis, ax.yaxis):  # the ticks inside the view: the others are not drawn
+            lo, hi = sorted(axis.get_view_interval())
+            texts += [label for loc, label in zip(axis.get_ticklocs(), axis.get_ticklabels(),
+                                                   strict=True) if lo <= loc <= hi]
+        if ax.get_legend() is not None:
+            texts += ax.get_legend().get_texts()
+    return [t for t in texts if t.get_text()]
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_no_text_runs_off_a_figure_of_any_number_of_panels(tmp_path, count):
+    rng = np.random.default_rng(5)
+    names = ["subcenter-arcface", "elastic-cosface", "curricularface", "softmax"][:count]
+    trials = {name: score_trials(rng, 3.0) for name in names}
+    circle = {name: (at_degrees(10, 100), np.array([0, 1]), at_degrees(0, 90)) for name in names}
+    margins = {name: None for name in names} | {"arcface (m2=0.3)": Margin(m2=0.3)}
+    figures = [plots.score_histograms(trials, tmp_path / "s.png"),
+               plots.unit_circle(circle, tmp_path / "u.png"),
+               plots.target_logit_curves(margins, tmp_path / "t.png"),
+               plots.det_curves(trials, tmp_path / "d.png")]
+    for fig in figures:
+        renderer = fig.canvas.get_renderer()
+        for text in texts_of(fig):
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.x1, text.get_text()
+            assert box.y0 >= 0 and box.y1 <= fig.bbox.y1, text.get_text()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 
 import numpy as np
 import torch
@@ -56,6 +57,17 @@ def _panels(count: int, width: float = 3.4, height: float = 3.2):
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(rows, cols, k + 1) for k in range(count)]
     return fig, axes
+
+
+def _wrap(fig: Figure, text: str, size: float) -> str:
+    """text in lines that fit the figure's width at font size ``size`` (points)."""
+    per_line = int(fig.get_figwidth() * 72 / (0.62 * size))  # DejaVu Sans: ~0.6 em a letter
+    return textwrap.fill(text, per_line)
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    """The figure's title, wrapped to its width (one panel is narrower than most titles)."""
+    fig.suptitle(_wrap(fig, text, 12.0), fontsize=12.0)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -106,8 +118,8 @@ def unit_circle(
         ax.set_yticks([-1, 0, 1])
         ax.set_xlabel(r"$x_1\,/\,\|x\|$")
         ax.set_ylabel(r"$x_2\,/\,\|x\|$")
-    fig.suptitle("2-D embeddings on the unit circle: dots are samples, lines class-centre "
-                 "directions, one colour per class")
+    _suptitle(fig, "2-D embeddings on the unit circle: dots are samples, lines class-centre "
+              "directions, one colour per class")
     fig.savefig(path)
     return fig
 
@@ -135,7 +147,8 @@ def target_logit_curves(margins: dict[str, Margin | None], path: str | os.PathLi
     ax.set_xticks(range(0, 181, 30))
     xlabel = "angle θ between the embedding and its class centre (degrees)"
     if varying:
-        xlabel += f"\nnot drawn (margin varies per sample): {', '.join(varying)}"
+        xlabel += "\n" + _wrap(fig, f"not drawn (margin varies per sample): {', '.join(varying)}",
+                              10.0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("ψ(θ) = target logit / scale")
     ax.set_title("Target logit per loss: the further below cos θ, the larger the margin")
@@ -163,7 +176,7 @@ def score_histograms(
         ax.set_ylabel("density")
     if axes:
         axes[0].legend(fontsize=8)
-    fig.suptitle("Verification scores on identities unseen in training")
+    _suptitle(fig, "Verification scores on identities unseen in training")
     fig.savefig(path)
     return fig
 
