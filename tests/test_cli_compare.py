@@ -113,7 +113,7 @@ def test_report_table_and_captions_are_this_runs(first):
     circle, curves, scores, det = page.captions
     assert "8 other synthetic identities × 100 samples" in circle  # the 2-D run's data
     assert "200 verification trials, 100 target" in scores and "4 identities" in scores
-    assert "With 100 non-target and 100 target trials, rates below 1 %" in det
+    assert "With 100 non-target and 100 target trials, rates below 1%" in det
     assert "annealing weight λ" in curves and "Not drawn" not in curves
 
 

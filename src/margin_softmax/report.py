@@ -126,9 +126,9 @@ def figure_texts(
         "as in speaker verification; scores with roughly normal distributions give straight "
         "lines. Lower left is better. Each dot is a loss's EER, where its curve meets the "
         "diagonal (the table's EER, also in the legend); the dotted vertical line is "
-        "FAR = 0.1 %, where the table's TAR@FAR=1e-3 is 100 % minus the curve's false-reject "
+        "FAR = 0.1%, where the table's TAR@FAR=1e-3 is 100% minus the curve's false-reject "
         f"rate. With {nontargets} non-target and {settings['target_trials']} target trials, "
-        f"rates below {100 / max(min(nontargets, settings['target_trials']), 1):.2g} % "
+        f"rates below {100 / max(min(nontargets, settings['target_trials']), 1):.2g}% "
         "cannot be measured."
     )
     return [
@@ -175,7 +175,7 @@ pre {{ background: #f6f6f6; padding: 1em; }}
 <p>The same network trained with each loss{data}.</p>
 <p>Accuracy (higher is better): closed-set top-1 on the held-back samples of the training
 identities. EER and minDCF (normalised, C_miss = C_fa = 1, at p_target 0.01 and 0.05; lower is
-better) and TAR at FAR = 0.1 % (higher is better): open-set verification by the cosine of two
+better) and TAR at FAR = 0.1% (higher is better): open-set verification by the cosine of two
 embeddings, on identities never seen in training. train s: wall-clock seconds of the training
 loop on the machine that ran it.</p>
 <table><thead><tr>{head_html}</tr></thead><tbody>{body_html}</tbody></table>
