@@ -119,6 +119,31 @@ def test_cohort_normalises_the_cosine_scores(speakers, capsys):
     assert f"cosine, AS-norm (top 4 of 10 in {path / 'c.npy'})" in capsys.readouterr().out
 
 
+def test_write_scores_gives_the_scores_the_metrics_used(speakers, capsys):
+    """The AS-normed scores, written as 'enroll test score' in trial order, give the same
+    metrics when evaluated as a scores file; an existing file is kept unless --force."""
+    path, emb, cohort, e, t = speakers
+    out = path / "sub" / "scores.txt"
+    argv = ["--embeddings", path / "e.npz", "--trials", path / "t", "--cohort", path / "c.npy",
+            "--top-k", "4", "--write-scores", out]
+    normed = _eval_json(capsys, *argv)
+    assert normed["scores_file"] == str(out)
+    lines = out.read_text().splitlines()
+    pairs = [[f"u{a}", f"u{b}"] for a, b in zip(e, t, strict=True)]
+    assert [line.split()[:2] for line in lines] == pairs
+    again = _eval_json(capsys, "--trials", path / "t", "--scores", out)
+    assert again["eer"] == pytest.approx(normed["eer"])
+    assert again["min_dcf"] == pytest.approx(normed["min_dcf"], rel=1e-6)
+    before = out.read_text()
+    assert run(["eval", *argv]) == 2
+    assert f"--write-scores {out}: exists; pass --force to replace it" in capsys.readouterr().err
+    assert out.read_text() == before
+    assert run(["eval", *argv, "--top-k", "all", "--force"]) == 0
+    assert out.read_text() != before
+    assert run(["eval", "--scores", path / "x", "--write-scores", path / "y"]) == 2
+    assert "--write-scores needs --trials" in capsys.readouterr().err
+
+
 def test_cohort_labels_mean_one_member_per_label(speakers, capsys):
     path, emb, cohort, e, t = speakers
     np.savez(path / "c.npz", embeddings=cohort, labels=np.array(list("aabbbccdde")))

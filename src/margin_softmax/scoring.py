@@ -258,6 +258,16 @@ def read_cohort(path: str | os.PathLike) -> np.ndarray:
     return class_means(embeddings, labels)
 
 
+def write_scores(path: str | os.PathLike, trials: Trials, scores: np.ndarray) -> None:
+    """Kaldi scores, ``enroll test score`` per trial in the trials' order (8 significant
+    digits), into ``path`` (its folder made if needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for enroll, test, score in zip(trials.enroll, trials.test, scores, strict=True):
+            handle.write(f"{enroll} {test} {score:.8g}\n")
+
+
 def far_key(far: float) -> str:
     """'tar_at_far_1e-3' for far = 0.001."""
     return "tar_at_far_" + np.format_float_scientific(far, trim="-", exp_digits=1)

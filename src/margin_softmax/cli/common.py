@@ -109,6 +109,28 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def check_folder(option: str, value, folder: Path) -> None:
+    """Fail before the work, not after it, where ``folder`` cannot be made: it, or the
+    nearest of its parents that exists, is a file."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise CliError(f"{option} {value}: {path} is a file, not a folder")
+            return
+
+
+def output_file(option: str, path: str | os.PathLike, force: bool) -> Path:
+    """The file ``path`` that ``option`` will write, checked before the work: not a folder,
+    not an existing file unless ``force``, its folder creatable."""
+    out = Path(path)
+    if out.is_dir():
+        raise CliError(f"{option} {out}: is a folder; name a file")
+    if out.exists() and not force:
+        raise CliError(f"{option} {out}: exists; pass --force to replace it")
+    check_folder(option, out, out.parent)
+    return out
+
+
 def output_folder(path: str | os.PathLike, force: bool) -> Path:
     """Create the folder ``path`` for results; refuse one that holds files unless ``force``
     (then only files with the names we write are replaced; nothing is deleted)."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import metrics, scoring
 from ..score_norm import normalize_scores
-from .common import CliError, positive_int
+from .common import CliError, output_file, positive_int
 
 
 def top_k(text: str) -> int | None:
@@ -62,6 +62,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=positive_int, metavar="K",
                    help="also the K-fold verification accuracy (LFW protocol, e.g. 10): "
                    "trials in file order, K consecutive folds")
+    p.add_argument("--write-scores", metavar="FILE",
+                   help="also write the scores used ('enroll test score' per trial, in the "
+                   "trials' order), e.g. the AS-normed ones for fusion or calibration")
+    p.add_argument("--force", action="store_true", help="replace an existing --write-scores file")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(run=run)
 
@@ -109,8 +113,8 @@ def describe(how: dict) -> str:
 
 
 def load(args: argparse.Namespace):
-    """Scores (T,), labels (T,), the file that gave the labels and how the scores were made
-    (a dict, empty for score files), from the chosen inputs."""
+    """Scores (T,), labels (T,), the file that gave the labels, how the scores were made
+    (a dict, empty for score files) and the Trials (None for a two-column file)."""
     if args.embeddings and args.scores:
         raise CliError("give --scores or --embeddings, not both")
     for option in ("cohort", "center"):
@@ -121,7 +125,7 @@ def load(args: argparse.Namespace):
             raise CliError("--embeddings needs --trials (which pairs to score)")
         trials = scoring.read_trials(args.trials)
         scores, how = embedding_scores(args, trials)
-        return scores, trials.labels, args.trials, how
+        return scores, trials.labels, args.trials, how, trials
     if not args.scores:
         raise CliError("nothing to evaluate: give --scores (with or without --trials) or "
                        "--embeddings with --trials")
@@ -129,9 +133,9 @@ def load(args: argparse.Namespace):
         trials = scoring.read_trials(args.trials)
         table = scoring.read_scores(args.scores)
         return scoring.join_scores(trials, table, args.trials, args.scores), trials.labels, \
-            args.trials, {}
+            args.trials, {}, trials
     scores, labels = scoring.read_label_scores(args.scores)
-    return scores, labels, args.scores, {}
+    return scores, labels, args.scores, {}, None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,7 +145,15 @@ def run(args: argparse.Namespace) -> int:
     for far in args.far:
         if not 0 <= far <= 1:
             raise CliError(f"--far must lie in [0, 1]; got {far:g}")
-    scores, labels, source, how = load(args)
+    out = None
+    if args.write_scores:
+        if not args.trials:
+            raise CliError("--write-scores needs --trials (the names of each trial)")
+        out = output_file("--write-scores", args.write_scores, args.force)
+    scores, labels, source, how, trials = load(args)
+    if out is not None:
+        scoring.write_scores(out, trials, scores)
+        how = {**how, "scores_file": str(out)}
     scoring.check_both_classes(labels, source)
     result = {"trials": int(labels.size), "targets": int(labels.sum()),
               "nontargets": int(labels.size - labels.sum()), **how}
@@ -157,8 +169,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'trials':<16}{result['trials']} ({result['targets']} targets, "
           f"{result['nontargets']} non-targets)")
-    if how:
+    if "scoring" in how:
         print(f"{'scoring':<16}{describe(how)}")
+    if "scores_file" in how:
+        print(f"{'scores written':<16}{how['scores_file']}")
     print(f"{'EER':<16}{100 * result['eer']:.2f}%")
     for p in args.p_target:
         print(f"{f'minDCF({p:g})':<16}{result[f'min_dcf_{p:g}']:.4f}")

@@ -28,9 +28,11 @@ from ..training import (
 )
 from .common import (
     CliError,
+    check_folder,
     key_value,
     nonnegative_float,
     number,
+    output_file,
     positive_float,
     positive_int,
     seed_int,
@@ -107,16 +109,6 @@ def check_resume(path: Path, meta: dict, config: TrainConfig) -> None:
         raise CliError(f"--resume: {path} was written with other settings: {'; '.join(diffs)}")
 
 
-def check_folder(option: str, value, folder: Path) -> None:
-    """Fail before training, not after it, where ``folder`` cannot be made: it, or the
-    nearest of its parents that exists, is a file."""
-    for path in (folder, *folder.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise CliError(f"{option} {value}: {path} is a file, not a folder")
-            return
-
-
 def margin_scheduler(args: argparse.Namespace, head: torch.nn.Module, steps_per_epoch: int):
     if args.margin_schedule is None:
         return None
@@ -153,11 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if export is not None:
         if export.suffix not in (".npy", ".npz"):
             raise CliError(f"--export-embeddings {export}: name must end in .npy or .npz")
-        if export.is_dir():
-            raise CliError(f"--export-embeddings {export}: is a folder; name a file")
-        if export.exists() and not args.force:
-            raise CliError(f"--export-embeddings {export}: exists; pass --force to replace it")
-        check_folder("--export-embeddings", export, export.parent)
+        output_file("--export-embeddings", export, args.force)
     if args.checkpoint_dir:
         check_folder("--checkpoint-dir", args.checkpoint_dir, Path(args.checkpoint_dir))
     device = resolve_device(args.device, name="--device")  # ValueError: one line, status 2
