@@ -95,3 +95,14 @@ def test_errors_name_the_argument_and_value():
         score_norm.normalize_scores([0.5], np.array([0]), np.array([2]), emb, flat, 3)
     with pytest.raises(ValueError, match=r"at least 2 embeddings; got 1"):
         score_norm.cohort_stats(emb, cohort[:1], None)
+
+
+def test_equal_top_k_scores_are_refused_though_std_rounds_above_zero():
+    # 300 copies of one cohort member: every score is 0.90465..., yet their float64 std is
+    # 1.1e-16, which divided a score into -3.6e15 instead of raising
+    cohort = np.repeat([[0.1, 0.2, 0.3]], 300, axis=0)
+    emb = np.array([[0.3, 0.1, 0.7]])
+    assert np.std(score_norm.unit_rows(emb) @ score_norm.unit_rows(cohort).T) > 0
+    with pytest.raises(ValueError, match=r"embedding row 0: its top 300 cohort scores are all "
+                                         r"equal"):
+        score_norm.normalize_scores([0.5], np.array([0]), np.array([0]), emb, cohort, 300)

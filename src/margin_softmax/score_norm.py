@@ -66,13 +66,16 @@ def cohort_stats(
     check_top_k(top_k, m)
     k = m if top_k is None else int(top_k)
     mu, sigma = np.empty(unit.shape[0]), np.empty(unit.shape[0])
+    flat = np.zeros(unit.shape[0], dtype=bool)
     step = max(1, BLOCK_BYTES // (8 * m))
     for a in range(0, unit.shape[0], step):
         scores = unit[a : a + step] @ members.T  # (rows, M)
         if k < m:
             scores = np.partition(scores, m - k, axis=1)[:, m - k :]  # (rows, k) the highest
         mu[a : a + step], sigma[a : a + step] = scores.mean(1), scores.std(1)
-    flat = np.flatnonzero(sigma == 0)
+        # equal scores leave a rounding residue (~1e-16) in std, not 0: test them directly
+        flat[a : a + step] = scores.max(1) == scores.min(1)
+    flat = np.flatnonzero(flat)
     if flat.size:
         row = int(flat[0]) if rows is None else int(rows[flat[0]])
         raise ValueError(f"embedding row {row}: its top {k} cohort scores are all "
