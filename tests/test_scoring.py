@@ -142,3 +142,20 @@ def test_pair_cosines_in_blocks_of_trials(monkeypatch):
     want = [emb[a] @ emb[b] / np.linalg.norm(emb[a]) / np.linalg.norm(emb[b])
             for a, b in zip(i, j, strict=True)]
     np.testing.assert_allclose(scoring.pair_cosines(emb, i, j), want, rtol=1e-12)
+
+
+def test_names_as_bytes_are_decoded_and_repeated_names_refused(tmp_path):
+    # names saved as bytes (dtype S, as h5py writes them) were read as "b'w'", so no trial
+    # found them; a repeated name silently scored the trials with its last row
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    zoe = "Zoë/utt-1.wav"
+    np.savez(tmp_path / "b.npz", embeddings=emb, names=np.array([b"w", zoe.encode(), b"y"]))
+    assert scoring.read_embeddings(tmp_path / "b.npz")[1] == ["w", zoe, "y"]
+    trials = scoring.read_trials(write(tmp_path, "t", f"w {zoe} target\nw y nontarget\n"))
+    loaded, names = scoring.read_embeddings(tmp_path / "b.npz")
+    np.testing.assert_allclose(scoring.cosine_scores(loaded, names, trials, "t", "e"),
+                               [0, 0.5 ** 0.5], atol=1e-12)
+    np.savez(tmp_path / "d.npz", embeddings=emb, names=np.array(["w", "x", "w"]))
+    with pytest.raises(ValueError, match=r"d\.npz: name 'w' is on rows 0 and 2"):
+        scoring.read_embeddings(tmp_path / "d.npz")
+

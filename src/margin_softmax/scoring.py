@@ -163,6 +163,12 @@ def join_scores(
     return out
 
 
+def _name(value) -> str:
+    """A name from an .npz ``names`` array: bytes (dtype S, as h5py and Python 2 wrote them)
+    decoded as UTF-8, anything else as str."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | None]:
     """Embeddings (N, D) and their names (N,) when the .npz has ``names``, else None."""
     path = Path(path)
@@ -180,7 +186,7 @@ def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | No
                 raise ScoreFileError(path, f"no 'embeddings' array; it holds {keys}")
             embeddings = loaded["embeddings"]
             if "names" in keys:
-                names = [str(n) for n in loaded["names"]]
+                names = [_name(n) for n in loaded["names"]]
     else:
         embeddings = loaded
     if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.number):
@@ -191,6 +197,12 @@ def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | No
         raise ScoreFileError(path, f"row {int(np.flatnonzero(bad)[0])} is not finite")
     if names is not None and len(names) != embeddings.shape[0]:
         raise ScoreFileError(path, f"{len(names)} names for {embeddings.shape[0]} embeddings")
+    if names is not None and len(set(names)) != len(names):
+        first: dict[str, int] = {}
+        for k, name in enumerate(names):
+            if name in first:
+                raise ScoreFileError(path, f"name {name!r} is on rows {first[name]} and {k}")
+            first[name] = k
     return embeddings.astype(np.float64), names
 
 
