@@ -1,5 +1,7 @@
 """Score-file readers, cosine scoring and the metric summary, on hand-made files."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -159,3 +161,10 @@ def test_names_as_bytes_are_decoded_and_repeated_names_refused(tmp_path):
     with pytest.raises(ValueError, match=r"d\.npz: name 'w' is on rows 0 and 2"):
         scoring.read_embeddings(tmp_path / "d.npz")
 
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0)])
+def test_embeddings_without_rows_or_columns_are_refused(tmp_path, shape):
+    # an empty --center file gave a NaN mean, so every score was NaN
+    np.save(tmp_path / "empty.npy", np.zeros(shape))
+    with pytest.raises(ValueError, match=re.escape(f"empty.npy: no embeddings: shape {shape}")):
+        scoring.read_embeddings(tmp_path / "empty.npy")

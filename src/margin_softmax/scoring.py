@@ -195,6 +195,8 @@ def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | No
     bad = ~np.isfinite(embeddings).all(axis=1)
     if bad.any():
         raise ScoreFileError(path, f"row {int(np.flatnonzero(bad)[0])} is not finite")
+    if 0 in embeddings.shape:
+        raise ScoreFileError(path, f"no embeddings: shape {embeddings.shape}")
     if names is not None and len(names) != embeddings.shape[0]:
         raise ScoreFileError(path, f"{len(names)} names for {embeddings.shape[0]} embeddings")
     if names is not None and len(set(names)) != len(names):
