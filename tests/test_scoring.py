@@ -116,6 +116,11 @@ def test_cosine_scores_reject_unknown_rows(tmp_path):
         scoring.cosine_scores(np.eye(4), None, trials, "t", "e")
     with pytest.raises(ValueError, match=r"^t:1: '0' is not a name in e"):
         scoring.cosine_scores(np.eye(4), ["a", "b", "c", "d"], trials, "t", "e")
+    # Unicode digits: '²' made int() fail without the file and line, '١' (Arabic one) was row 1
+    for key in ("²", "١"):
+        trials = scoring.read_trials(write(tmp_path, "t", f"0 {key} target\n0 2 nontarget\n"))
+        with pytest.raises(ValueError, match=rf"^t:1: '{key}' is not a row index 0\.\.3 of e"):
+            scoring.cosine_scores(np.eye(4), None, trials, "t", "e")
 
 
 def test_read_embeddings_errors(tmp_path):

@@ -221,7 +221,7 @@ def trial_rows(
                 raise ScoreFileError(trials_path, f"{key!r} is not a name in {emb_path}",
                                      trials.lines[t])
             return index[key]
-        if not key.isdigit() or int(key) >= n:
+        if not (key.isascii() and key.isdigit()) or int(key) >= n:  # not '²' or '١'
             raise ScoreFileError(trials_path, f"{key!r} is not a row index 0..{n - 1} of "
                                  f"{emb_path} (which has no names)", trials.lines[t])
         return int(key)
