@@ -173,3 +173,15 @@ def test_embeddings_without_rows_or_columns_are_refused(tmp_path, shape):
     np.save(tmp_path / "empty.npy", np.zeros(shape))
     with pytest.raises(ValueError, match=re.escape(f"empty.npy: no embeddings: shape {shape}")):
         scoring.read_embeddings(tmp_path / "empty.npy")
+
+
+def test_written_scores_read_back_as_the_same_floats_and_metrics(tmp_path):
+    # 8 significant digits made the target 0.12345678949 and the non-target 0.12345678912
+    # one tie (0.12345679): the EER went from 0 to 1/4 when the file was evaluated
+    trials = scoring.read_trials(write(tmp_path, "t", "a b target\nc d nontarget\n"
+                                       "a c target\nb d nontarget\n"))
+    scores = np.array([0.12345678949, 0.12345678912, 1 / 3, -2 / 7])
+    scoring.write_scores(tmp_path / "s", trials, scores)
+    read = scoring.join_scores(trials, scoring.read_scores(tmp_path / "s"), "t", "s")
+    np.testing.assert_array_equal(read, scores)
+    assert scoring.summary(read, trials.labels) == scoring.summary(scores, trials.labels)

@@ -273,13 +273,14 @@ def read_cohort(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_scores(path: str | os.PathLike, trials: Trials, scores: np.ndarray) -> None:
-    """Kaldi scores, ``enroll test score`` per trial in the trials' order (8 significant
-    digits), into ``path`` (its folder made if needed)."""
+    """Kaldi scores, ``enroll test score`` per trial in the trials' order, into ``path`` (its
+    folder made if needed); each score in the fewest digits that read back as the same float,
+    so the file gives exactly the metrics the scores gave."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         for enroll, test, score in zip(trials.enroll, trials.test, scores, strict=True):
-            handle.write(f"{enroll} {test} {score:.8g}\n")
+            handle.write(f"{enroll} {test} {float(score)!r}\n")
 
 
 def far_key(far: float) -> str:
