@@ -228,3 +228,15 @@ def test_argument_errors_exit_2(argv, fragment, capsys):
     assert run(["eval", *argv]) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
+
+
+def test_scores_written_for_a_list_that_repeats_a_pair_read_back(tmp_path, capsys):
+    # one line per trial wrote the pair 0 1 twice, and eval --scores refused the file
+    np.save(tmp_path / "e.npy", np.array([[1.0, 0.0], [0.9, 0.3], [0.0, 1.0]]))
+    (tmp_path / "t").write_text("0 1 target\n0 2 nontarget\n0 1 target\n1 2 nontarget\n")
+    out = tmp_path / "s"
+    wrote = _eval_json(capsys, "--embeddings", tmp_path / "e.npy", "--trials", tmp_path / "t",
+                       "--write-scores", out)
+    assert len(out.read_text().splitlines()) == 4
+    again = _eval_json(capsys, "--trials", tmp_path / "t", "--scores", out)
+    assert (again["trials"], again["eer"]) == (4, wrote["eer"])

@@ -56,7 +56,7 @@ def test_label_score_file(tmp_path):
         ("trials", "1 a b\n0 a c\na d target\n", 3, "label must be"),  # order switched
         ("scores", "a b 0.5\na c x\n", 2, "not a number"),
         ("scores", "a b 0.5\na c nan\n", 2, "finite"),
-        ("scores", "a b 0.5\na c 0.1\na b 0.7\n", 3, "already scored on line 1"),
+        ("scores", "a b 0.5\na c 0.1\na b 0.7\n", 3, "already scored 0.5 on line 1"),
         ("label_scores", "1 0.5\n0 inf\n", 2, "finite"),
         ("label_scores", "1 0.5\n0 0.1\na b 0.2\n", 3, "needs --trials"),
     ],

@@ -119,17 +119,19 @@ def read_trials(path: str | os.PathLike) -> Trials:
 
 
 def read_scores(path: str | os.PathLike) -> dict[tuple[str, str], tuple[float, int]]:
-    """Kaldi scores ``enroll test score``: (enroll, test) -> (score, line)."""
+    """Kaldi scores ``enroll test score``: (enroll, test) -> (score, line). A pair may repeat
+    with the same score (write_scores writes one line per trial, and a trial list may repeat a
+    pair), not with another."""
     scores: dict[tuple[str, str], tuple[float, int]] = {}
     for line, fields in _rows(path):
         if len(fields) != 3:
             raise ScoreFileError(path, f"expected 3 fields 'enroll test score', got {len(fields)}",
                                  line)
-        pair = (fields[0], fields[1])
-        if pair in scores:
-            raise ScoreFileError(path, f"pair {pair[0]} {pair[1]} is already scored on line "
-                                 f"{scores[pair][1]}", line)
-        scores[pair] = (_score(path, line, fields[2]), line)
+        pair, score = (fields[0], fields[1]), _score(path, line, fields[2])
+        if pair in scores and scores[pair][0] != score:
+            raise ScoreFileError(path, f"pair {pair[0]} {pair[1]} is already scored "
+                                 f"{scores[pair][0]!r} on line {scores[pair][1]}", line)
+        scores.setdefault(pair, (score, line))
     if not scores:
         raise ScoreFileError(path, "no scores (the file is empty)")
     return scores
