@@ -54,6 +54,8 @@ def test_label_score_file(tmp_path):
         ("trials", "a b target\na b\n", 2, "expected 3 fields"),
         ("trials", "a b target\na c maybe\n", 2, "label must be"),
         ("trials", "1 a b\n0 a c\na d target\n", 3, "label must be"),  # order switched
+        ("trials", "a b target\na c nontarget\na b nontarget\n", 3,
+         "trial a b is labelled otherwise on line 1"),
         ("scores", "a b 0.5\na c x\n", 2, "not a number"),
         ("scores", "a b 0.5\na c nan\n", 2, "finite"),
         ("scores", "a b 0.5\na c 0.1\na b 0.7\n", 3, "already scored 0.5 on line 1"),

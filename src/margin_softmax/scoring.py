@@ -105,10 +105,14 @@ def read_trials(path: str | os.PathLike) -> Trials:
                 path, f"expected 3 fields 'enroll test target|nontarget', got {len(fields)}", line
             )
     kaldi = _kaldi_order(rows) if rows else True
-    labels = []
+    labels, seen = [], {}  # seen: (enroll, test) -> (label, line)
     for line, fields in rows:
         enroll, test, label = fields if kaldi else (fields[1], fields[2], fields[0])
         labels.append(_label(path, line, label))
+        first = seen.setdefault((enroll, test), (labels[-1], line))
+        if first[0] != labels[-1]:
+            raise ScoreFileError(path, f"trial {enroll} {test} is labelled otherwise on line "
+                                 f"{first[1]}", line)
         trials.enroll.append(enroll)
         trials.test.append(test)
         trials.lines.append(line)
