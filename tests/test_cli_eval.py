@@ -240,3 +240,15 @@ def test_scores_written_for_a_list_that_repeats_a_pair_read_back(tmp_path, capsy
     assert len(out.read_text().splitlines()) == 4
     again = _eval_json(capsys, "--trials", tmp_path / "t", "--scores", out)
     assert (again["trials"], again["eer"]) == (4, wrote["eer"])
+
+
+def test_a_zero_embedding_in_a_trial_is_an_error(tmp_path, capsys):
+    # a zero row (a failed extraction) scored cosine 0 against everything, silently
+    np.savez(tmp_path / "e.npz", embeddings=np.array([[1.0, 0.0], [0.0, 0.0], [0.5, 0.5]]),
+             names=np.array(["a", "b", "c"]))
+    (tmp_path / "t").write_text("a c target\na b nontarget\n")
+    assert run(["eval", "--embeddings", tmp_path / "e.npz", "--trials", tmp_path / "t"]) == 2
+    err = capsys.readouterr().err
+    assert f"--embeddings {tmp_path / 'e.npz'}: row 1 (b) is all zeros; a trial uses it" in err
+    (tmp_path / "t").write_text("a c target\na a nontarget\n")  # row 1 unused: fine
+    assert run(["eval", "--embeddings", tmp_path / "e.npz", "--trials", tmp_path / "t"]) == 0

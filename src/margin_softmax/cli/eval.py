@@ -87,6 +87,14 @@ def embedding_scores(args: argparse.Namespace, trials: scoring.Trials):
                              args.embeddings).mean(0)
     embeddings = embeddings - center
     i, j = scoring.trial_rows(len(embeddings), names, trials, args.trials, args.embeddings)
+    zero = np.flatnonzero(~embeddings.any(axis=1))  # (Z,) rows with no direction
+    used = zero[np.isin(zero, i) | np.isin(zero, j)]
+    if used.size:
+        row = int(used[0])
+        name = f" ({names[row]})" if names is not None else ""
+        after = " after --center" if args.center else ""
+        raise CliError(f"--embeddings {args.embeddings}: row {row}{name} is all zeros{after}; "
+                       f"a trial uses it and its cosine has no meaning")
     scores = scoring.pair_cosines(embeddings, i, j)  # (T,)
     how = {"scoring": "cosine", "center": args.center}
     if not args.cohort:
