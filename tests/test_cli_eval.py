@@ -175,7 +175,12 @@ def test_cohort_errors_name_the_file(speakers, capsys):
     for option in ("--cohort", "--center"):
         assert run([*base, option, path / "narrow.npy"]) == 2
         err = capsys.readouterr().err
-        assert f"{path / 'narrow.npy'} has 3 columns but {path / 'e.npz'} has 4" in err
+        assert (f"{option} {path / 'narrow.npy'} has 3 columns but --embeddings "
+                f"{path / 'e.npz'} has 4") in err
+    np.save(path / "same.npy", np.repeat(cohort[:1], 3, axis=0))  # three equal scores each
+    assert run([*base, "--cohort", path / "same.npy", "--top-k", "all"]) == 2
+    assert (f"--embeddings {path / 'e.npz'}, --cohort {path / 'same.npy'}: embedding row 0: "
+            f"its top 3 cohort scores are all equal") in capsys.readouterr().err
     assert run([*base, "--cohort", path / "c.npy"]) == 2  # default --top-k 300 > 10
     err = capsys.readouterr().err
     assert "--top-k 300 exceeds the 10 embeddings of" in err and err.count("\n") == 1

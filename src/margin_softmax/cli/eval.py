@@ -70,9 +70,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _same_width(array: np.ndarray, path, width: int, emb_path) -> np.ndarray:
+def _same_width(array: np.ndarray, option: str, path, width: int, emb_path) -> np.ndarray:
     if array.shape[1] != width:
-        raise CliError(f"{path} has {array.shape[1]} columns but {emb_path} has {width}")
+        raise CliError(f"{option} {path} has {array.shape[1]} columns but --embeddings "
+                       f"{emb_path} has {width}")
     return array
 
 
@@ -83,8 +84,8 @@ def embedding_scores(args: argparse.Namespace, trials: scoring.Trials):
     width = embeddings.shape[1]
     center = np.zeros(width)  # (D,)
     if args.center:
-        center = _same_width(scoring.read_embeddings(args.center)[0], args.center, width,
-                             args.embeddings).mean(0)
+        center = _same_width(scoring.read_embeddings(args.center)[0], "--center", args.center,
+                             width, args.embeddings).mean(0)
     embeddings = embeddings - center
     i, j = scoring.trial_rows(len(embeddings), names, trials, args.trials, args.embeddings)
     zero = np.flatnonzero(~embeddings.any(axis=1))  # (Z,) rows with no direction
@@ -99,13 +100,17 @@ def embedding_scores(args: argparse.Namespace, trials: scoring.Trials):
     how = {"scoring": "cosine", "center": args.center}
     if not args.cohort:
         return scores, how
-    cohort = _same_width(scoring.read_cohort(args.cohort), args.cohort, width, args.embeddings)
+    cohort = _same_width(scoring.read_cohort(args.cohort), "--cohort", args.cohort, width,
+                         args.embeddings)
     if args.top_k is not None and args.top_k > len(cohort):
         raise CliError(f"--top-k {args.top_k} exceeds the {len(cohort)} embeddings of "
                        f"{args.cohort} (--top-k all uses every one: S-norm)")
     how.update(score_norm="s-norm" if args.top_k is None else "as-norm", top_k=args.top_k,
                cohort=args.cohort, cohort_size=len(cohort))
-    return normalize_scores(scores, i, j, embeddings, cohort - center, args.top_k), how
+    try:
+        return normalize_scores(scores, i, j, embeddings, cohort - center, args.top_k), how
+    except ValueError as error:  # an embedding whose top-k cohort scores are all equal
+        raise CliError(f"--embeddings {args.embeddings}, --cohort {args.cohort}: {error}") from None
 
 
 NAMES = {"as-norm": "AS-norm", "s-norm": "S-norm"}
