@@ -142,6 +142,9 @@ def test_write_scores_gives_the_scores_the_metrics_used(speakers, capsys):
     assert out.read_text() != before
     assert run(["eval", "--scores", path / "x", "--write-scores", path / "y"]) == 2
     assert "--write-scores needs --trials" in capsys.readouterr().err
+    assert run(["eval", *argv[:-1], path / "new.txt", "--folds", "99"]) == 2  # 15 trials
+    assert "--folds must lie in [2, 15]" in capsys.readouterr().err
+    assert not (path / "new.txt").exists()  # an option error leaves no file behind
 
 
 def test_cohort_labels_mean_one_member_per_label(speakers, capsys):

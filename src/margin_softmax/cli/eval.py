@@ -164,9 +164,6 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("--write-scores needs --trials (the names of each trial)")
         out = output_file("--write-scores", args.write_scores, args.force)
     scores, labels, source, how, trials = load(args)
-    if out is not None:
-        scoring.write_scores(out, trials, scores)
-        how = {**how, "scores_file": str(out)}
     scoring.check_both_classes(labels, source)
     result = {"trials": int(labels.size), "targets": int(labels.sum()),
               "nontargets": int(labels.size - labels.sum()), **how}
@@ -177,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
                            f"{args.folds}")
         mean, std = metrics.kfold_accuracy(scores, labels, args.folds)
         result.update(folds=args.folds, kfold_accuracy=mean, kfold_accuracy_std=std)
+    if out is not None:  # last: an input or option error leaves no file behind
+        scoring.write_scores(out, trials, scores)
+        result["scores_file"] = str(out)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -184,8 +184,8 @@ def run(args: argparse.Namespace) -> int:
           f"{result['nontargets']} non-targets)")
     if "scoring" in how:
         print(f"{'scoring':<16}{describe(how)}")
-    if "scores_file" in how:
-        print(f"{'scores written':<16}{how['scores_file']}")
+    if out is not None:
+        print(f"{'scores written':<16}{out}")
     print(f"{'EER':<16}{100 * result['eer']:.2f}%")
     for p in args.p_target:
         print(f"{f'minDCF({p:g})':<16}{result[f'min_dcf_{p:g}']:.4f}")
