@@ -26,6 +26,7 @@ from scipy.special import ndtri
 
 from .margins import Margin
 from .metrics import eer, roc_points
+from .score_norm import unit_rows
 
 DPI = 100
 
@@ -70,10 +71,6 @@ def _suptitle(fig: Figure, text: str) -> None:
     fig.suptitle(_wrap(fig, text, 12.0), fontsize=12.0)
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
 def centre_classes(centres: np.ndarray, num_classes: int) -> np.ndarray:
     """(M,) the class of each centre row: K = M / num_classes rows per class, class c in rows
     c*K .. c*K + K - 1 (K = 1 for most heads, K sub-centres for sub-center ArcFace)."""
@@ -87,7 +84,7 @@ def angles_to_centre(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray) -
     """(N,) degrees between each embedding (N, D) and the nearest centre row (M, D) of its
     class (labels (N,) in [0, C), rows as in ``centre_classes``)."""
     owner = centre_classes(centres, int(labels.max()) + 1)  # (M,)
-    cos = _unit(emb) @ _unit(centres).T  # (N, M)
+    cos = unit_rows(emb) @ unit_rows(centres).T  # (N, M)
     own = np.where(owner[None, :] == labels[:, None], cos, -np.inf)  # (N, M)
     return np.degrees(np.arccos(np.clip(own.max(axis=1), -1.0, 1.0)))  # (N,)
 
@@ -101,12 +98,12 @@ def unit_circle(
     fig, axes = _panels(len(runs), height=3.5)
     circle = np.linspace(0, 2 * math.pi, 200)
     for ax, (name, (emb, labels, centres)) in zip(axes, runs.items(), strict=True):
-        unit = _unit(emb)  # (N, 2)
+        unit = unit_rows(emb)  # (N, 2)
         ax.plot(np.cos(circle), np.sin(circle), color="0.85", lw=1, zorder=0)
         colours = [OKABE_ITO[k % 8] for k in labels]
         ax.scatter(unit[:, 0], unit[:, 1], c=colours, s=8, alpha=0.6, linewidths=0)
         owner = centre_classes(centres, int(labels.max()) + 1)  # (M,)
-        for k, direction in zip(owner, _unit(centres), strict=True):
+        for k, direction in zip(owner, unit_rows(centres), strict=True):
             ax.plot([0, 1.15 * direction[0]], [0, 1.15 * direction[1]], color=OKABE_ITO[k % 8],
                     lw=1.5)
         angle = float(np.mean(angles_to_centre(emb, labels, centres)))

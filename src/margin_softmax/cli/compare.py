@@ -89,12 +89,6 @@ def closed_set_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return test
 
 
-def cosine_trials(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """cos(e_i, e_j) for each trial (T,)."""
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    return np.einsum("td,td->t", unit[i], unit[j])
-
-
 def margin_of(head: torch.nn.Module) -> Margin | None:
     """The head's current Margin when it has one fixed margin for all samples (no margin for
     plain softmax), else None."""
@@ -155,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                                          desc=name)
         with torch.no_grad():
             logits = head.logits(torch.as_tensor(embed(model, x_test)))  # (N_test, C)
-        scores = cosine_trials(embed(model, split.held_out_features), ti, tj)  # (T,)
+        scores = scoring.pair_cosines(embed(model, split.held_out_features), ti, tj)  # (T,)
         results["losses"][name] = {
             "accuracy": metrics.accuracy(logits, y_test)[0],
             **scoring.summary(scores, target, p_targets=(0.01, 0.05), fars=(1e-3,)),
