@@ -24,28 +24,16 @@ from .float64_state import Float64State, state_update
 EPS = 1e-3  # the official code's eps: cosine clamp, theta clip and the std guard
 
 
-class AdaFace(Float64State, TargetLogitHead):
-    """AdaFace with the official training defaults (m = 0.4, h = 0.333, s = 64,
-    t_alpha = 0.01; the EMAs start at mean 20, std 100). ``batch_mean`` and ``batch_std``
-    are float64 buffers (saved in state_dict; float64 whatever dtype the head is moved to),
+class AdaFaceRule(Float64State):
+    """AdaFace's target logit and running state, shared by the single-device head and the
+    class-sharded one (distributed/target_heads.py): the parameters m, h, t_alpha and the
+    float64 EMAs ``batch_mean`` and ``batch_std`` (start at 20 and 100, saved in state_dict),
     updated on training-mode forwards before the margins are computed (as the official code
-    does), frozen in eval mode. impl: "auto", "eager", "chunked" (never the (N, C) logits) or
-    "triton" (CUDA)."""
+    does), frozen in eval mode. The head sets ``scale``."""
 
     FLOAT64_BUFFERS = ("batch_mean", "batch_std")
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_classes: int,
-        *,
-        margin: float = 0.4,
-        h: float = 0.333,
-        scale: float = 64.0,
-        t_alpha: float = 0.01,
-        impl: str = "auto",
-    ) -> None:
-        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+    def init_rule(self, margin: float, h: float, t_alpha: float) -> None:
         self.margin = check_float("margin", margin, 0.0, math.pi / 2)
         self.h = check_float("h", h, 0.0)
         self.t_alpha = check_float("t_alpha", t_alpha, 0.0, 1.0)
@@ -80,3 +68,23 @@ class AdaFace(Float64State, TargetLogitHead):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, h={self.h}, t_alpha={self.t_alpha}"
+
+
+class AdaFace(AdaFaceRule, TargetLogitHead):
+    """AdaFace with the official training defaults (m = 0.4, h = 0.333, s = 64,
+    t_alpha = 0.01; the EMAs start at mean 20, std 100; AdaFaceRule). impl: "auto", "eager",
+    "chunked" (never the (N, C) logits) or "triton" (CUDA)."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        *,
+        margin: float = 0.4,
+        h: float = 0.333,
+        scale: float = 64.0,
+        t_alpha: float = 0.01,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+        self.init_rule(margin, h, t_alpha)

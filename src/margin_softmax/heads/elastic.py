@@ -45,13 +45,14 @@ def plus_margins(draws: torch.Tensor, cos_target: torch.Tensor, order: str) -> t
         return out
 
 
-class _ElasticHead(TargetLogitHead):
-    """Shared: the generator, the draws, and the target logit (draws in training, the mean
-    margin in eval and in ``logits``)."""
+class ElasticRule:
+    """ElasticFace's per-sample draws and target logit, shared by the single-device heads and
+    the class-sharded ones (distributed/target_heads.py): the generator (saved as extra
+    state), the draws in training, the mean margin in eval and in ``logits``. The head sets
+    ``scale``; subclasses define ``margin_target``."""
 
-    def __init__(self, embedding_dim, num_classes, *, margin, std, scale, plus, plus_order,
-                 seed, impl):
-        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+    def init_rule(self, margin: float, std: float, plus: bool, plus_order: str,
+                  seed: int | None) -> None:
         self.margin = check_float("margin", margin, 0.0, torch.pi, high_open=True)
         self.std = check_float("std", std, 0.0)
         if not isinstance(plus, bool):
@@ -103,7 +104,25 @@ class _ElasticHead(TargetLogitHead):
         return f"{super().extra_repr()}, margin={self.margin}, std={self.std}{plus}"
 
 
-class ElasticArcFace(_ElasticHead):
+class ElasticArcRule(ElasticRule):
+    """ElasticFace-Arc's target: cos(theta + m_i), with ArcFace's fallbacks."""
+
+    def init_fallback(self, fallback: str) -> None:
+        check_choice("fallback", fallback, ARC_FALLBACKS)
+        self.fallback = fallback
+
+    def margin_target(self, cos_target, m):
+        return arc_margin(cos_target, m, self.fallback)
+
+
+class ElasticCosRule(ElasticRule):
+    """ElasticFace-Cos's target: cos - m_i."""
+
+    def margin_target(self, cos_target, m):
+        return cos_target - m
+
+
+class ElasticArcFace(ElasticArcRule, TargetLogitHead):
     """ElasticFace-Arc: cos(theta + m_i). Defaults from the official config (s = 64,
     m = 0.5, std = 0.05; ElasticFace-Arc+ uses std = 0.0175). fallback: "none" (official:
     cos(theta + m) as it is) or one of ArcFace's ("seed", "continuous", "easy"). plus,
@@ -123,16 +142,12 @@ class ElasticArcFace(_ElasticHead):
         seed: int | None = None,
         impl: str = "auto",
     ) -> None:
-        super().__init__(embedding_dim, num_classes, margin=margin, std=std, scale=scale,
-                         plus=plus, plus_order=plus_order, seed=seed, impl=impl)
-        check_choice("fallback", fallback, ARC_FALLBACKS)
-        self.fallback = fallback
-
-    def margin_target(self, cos_target, m):
-        return arc_margin(cos_target, m, self.fallback)
+        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+        self.init_rule(margin, std, plus, plus_order, seed)
+        self.init_fallback(fallback)
 
 
-class ElasticCosFace(_ElasticHead):
+class ElasticCosFace(ElasticCosRule, TargetLogitHead):
     """ElasticFace-Cos: cos - m_i. Defaults from the official config (s = 64, m = 0.35,
     std = 0.05; ElasticFace-Cos+ uses std = 0.02). plus, plus_order: ElasticFace+ (module
     docstring)."""
@@ -150,8 +165,5 @@ class ElasticCosFace(_ElasticHead):
         seed: int | None = None,
         impl: str = "auto",
     ) -> None:
-        super().__init__(embedding_dim, num_classes, margin=margin, std=std, scale=scale,
-                         plus=plus, plus_order=plus_order, seed=seed, impl=impl)
-
-    def margin_target(self, cos_target, m):
-        return cos_target - m
+        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+        self.init_rule(margin, std, plus, plus_order, seed)

@@ -18,29 +18,14 @@ import torch
 from .eager import TargetLogitHead, arc_margin, check_choice, check_float
 
 
-class MagFace(TargetLogitHead):
-    """MagFace with the official defaults (s = 64, l_a = 10, u_a = 110, l_margin = 0.45,
-    u_margin = 0.8, lambda_g = 35 from run/run.sh; easy margin, as the official MagLinear).
-    fallback: "easy" (official default: no margin where cos <= 0) or "seed" (its
-    easy_margin=False branch: cos - m sin m past theta + m = pi). No running state.
-    impl: "auto", "eager", "chunked" (never the (N, C) logits) or "triton" (CUDA); the
-    margin's gradient through |x_i| flows by autograd through the target logit."""
+class MagFaceRule:
+    """MagFace's target logit and regulariser, shared by the single-device head and the
+    class-sharded one (distributed/target_heads.py). No running state. The head sets
+    ``scale``; the margin's gradient through |x_i| flows by autograd through the target
+    logit."""
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_classes: int,
-        *,
-        scale: float = 64.0,
-        l_a: float = 10.0,
-        u_a: float = 110.0,
-        l_margin: float = 0.45,
-        u_margin: float = 0.8,
-        lambda_g: float = 35.0,
-        fallback: str = "easy",
-        impl: str = "auto",
-    ) -> None:
-        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+    def init_rule(self, l_a: float, u_a: float, l_margin: float, u_margin: float,
+                  lambda_g: float, fallback: str) -> None:
         self.l_a = check_float("l_a", l_a, 0.0, low_open=True)
         self.u_a = check_float("u_a", u_a, self.l_a, low_open=True)
         self.l_margin = check_float("l_margin", l_margin, 0.0, math.pi, high_open=True)
@@ -52,7 +37,7 @@ class MagFace(TargetLogitHead):
             warnings.warn(
                 f"lambda_g={lambda_g} is below {self.min_lambda_g:.3g}, the bound under which "
                 "the paper's convexity argument (and the official trainer's check) fails",
-                stacklevel=2,
+                stacklevel=3,
             )
 
     @property
@@ -87,3 +72,28 @@ class MagFace(TargetLogitHead):
             f"{super().extra_repr()}, l_a={self.l_a}, u_a={self.u_a}, "
             f"l_margin={self.l_margin}, u_margin={self.u_margin}, lambda_g={self.lambda_g}"
         )
+
+
+class MagFace(MagFaceRule, TargetLogitHead):
+    """MagFace with the official defaults (s = 64, l_a = 10, u_a = 110, l_margin = 0.45,
+    u_margin = 0.8, lambda_g = 35 from run/run.sh; easy margin, as the official MagLinear).
+    fallback: "easy" (official default: no margin where cos <= 0) or "seed" (its
+    easy_margin=False branch: cos - m sin m past theta + m = pi). No running state.
+    impl: "auto", "eager", "chunked" (never the (N, C) logits) or "triton" (CUDA)."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        *,
+        scale: float = 64.0,
+        l_a: float = 10.0,
+        u_a: float = 110.0,
+        l_margin: float = 0.45,
+        u_margin: float = 0.8,
+        lambda_g: float = 35.0,
+        fallback: str = "easy",
+        impl: str = "auto",
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+        self.init_rule(l_a, u_a, l_margin, u_margin, lambda_g, fallback)
