@@ -2,7 +2,9 @@
 
 On disk: a directory with one file per shard, ``classes-{start}-{stop}.pt``, each holding
 {"start", "stop", "num_classes", "weight" (stop - start, D)}, the head's sampling ``step``
-when it has one, and, when saved with an optimizer, "optimizer": {"rows": the state tensors
+when it has one, its running state when it has any ("state": the rest of its state_dict,
+AdaFace's EMAs or ElasticFace's generator, the same on every rank), and, when saved with an
+optimizer, "optimizer": {"rows": the state tensors
 of the weight shaped like it, as (stop - start, D) slices (momentum_buffer, exp_avg,
 exp_avg_sq), "other": the rest (Adam's step, the same on every rank), "type": the optimizer's
 class name (loading into another type is refused; files without it are not checked)}. A
@@ -42,13 +44,20 @@ def _split_state(state: dict, weight: torch.Tensor) -> dict:
     return {"rows": rows, "other": other}
 
 
+def running_state(state_dict: dict) -> dict:
+    """A head's state_dict without ``weight`` and the sampling ``step``: its running state
+    (AdaFace's EMAs, ElasticFace's generator), copied to the CPU; {} for PartialFC."""
+    return {key: value.detach().cpu().clone() if torch.is_tensor(value) else value
+            for key, value in state_dict.items() if key not in ("weight", "step")}
+
+
 def save_weight_shard(directory: str | Path, weight: torch.Tensor, start: int,
                       num_classes: int, step: int | None = None,
                       optimizer_state: dict | None = None,
-                      optimizer_type: str | None = None) -> Path:
+                      optimizer_type: str | None = None, state: dict | None = None) -> Path:
     """Write rows [start, start + len(weight)) of the class centres (no collective), with
-    the head's sampling ``step`` and the weight's optimizer state (of an ``optimizer_type``
-    optimizer, e.g. "SGD") when given."""
+    the head's sampling ``step``, its running ``state`` (running_state) and the weight's
+    optimizer state (of an ``optimizer_type`` optimizer, e.g. "SGD") when given."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stop = start + weight.shape[0]
@@ -57,6 +66,8 @@ def save_weight_shard(directory: str | Path, weight: torch.Tensor, start: int,
               "weight": weight.detach().cpu().clone()}
     if step is not None:
         record["step"] = step
+    if state:
+        record["state"] = state
     if optimizer_state is not None:
         record["optimizer"] = {**_split_state(optimizer_state, weight), "type": optimizer_type}
     torch.save(record, path)
@@ -87,15 +98,24 @@ def save_sharded(directory: str | Path, head, optimizer=None) -> None:
     step = int(head.step) if hasattr(head, "step") else None
     state = None if optimizer is None else optimizer.state.get(head.weight, {})
     kind = None if optimizer is None else _optimizer_type(optimizer)
-    save_weight_shard(directory, head.weight, head.start, head.num_classes, step, state, kind)
+    save_weight_shard(directory, head.weight, head.start, head.num_classes, step, state, kind,
+                      running_state(head.state_dict()))
     if rank_and_world_size(head.group)[1] > 1:
         dist.barrier(group=head.group)
 
 
-def save_full(directory: str | Path, weight: torch.Tensor) -> None:
-    """Write a full (C, D) weight, e.g. a single-process head's, as a one-shard checkpoint."""
+def save_full(directory: str | Path, weight: torch.Tensor, state: dict | None = None) -> None:
+    """Write a full (C, D) weight, e.g. a single-process head's, as a one-shard checkpoint;
+    with ``state`` (that head's state_dict()), its running state too, for load_sharded."""
     check_save_directory(directory, weight.shape[0], 1)
-    save_weight_shard(directory, weight, 0, weight.shape[0])
+    state = None if state is None else running_state(state)
+    save_weight_shard(directory, weight, 0, weight.shape[0], state=state)
+
+
+def load_state(directory: str | Path) -> dict:
+    """The running state saved with a checkpoint ({} if none), for a single-process head:
+    ``head.load_state_dict({"weight": load_full(directory), **load_state(directory)})``."""
+    return _load(_shards(Path(directory))[0][2]).get("state", {})
 
 
 def _shards(directory: Path) -> list[tuple[int, int, Path]]:
@@ -188,9 +208,21 @@ def _optimizer_state(parts: list[tuple[dict, slice]], weight: torch.Tensor, grou
     return state
 
 
+def _check_state(saved: dict, head, path: Path) -> None:
+    """ValueError unless the saved running state has the head's keys (another head kind's
+    would load nothing, or fail halfway)."""
+    expected = set(running_state(head.state_dict()))
+    if set(saved) != expected:
+        raise ValueError(f"{path} holds the running state {sorted(saved)}, but the head "
+                         f"({type(head).__name__}) has {sorted(expected)}: the checkpoint was "
+                         "saved from another kind of head")
+
+
 def load_sharded(directory: str | Path, head, optimizer=None) -> None:
     """Copy this rank's block [head.start, head.stop) into ``head.weight``, the sampling step
-    into ``head.step``, and, with ``optimizer``, the block's optimizer state into
+    into ``head.step``, the running state where the checkpoint has one (a checkpoint
+    without, e.g. PartialFC's or save_full's of a weight alone, leaves it as it is), and,
+    with ``optimizer``, the block's optimizer state into
     ``optimizer.state[head.weight]``. Call it after ``optimizer.load_state_dict`` (which
     replaces the whole state). Raises ValueError naming the file when ``optimizer`` is given
     and a shard was saved without one."""
@@ -210,10 +242,15 @@ def load_sharded(directory: str | Path, head, optimizer=None) -> None:
         if group is None:
             raise ValueError("the head's weight is not among the optimizer's parameters")
         state = _optimizer_state(parts, head.weight, group, _optimizer_type(optimizer))
+    saved = parts[0][0].get("state")
+    if saved is not None:
+        _check_state(saved, head, parts[0][0]["path"])
     with torch.no_grad():
         head.weight.copy_(torch.cat([record["weight"][rows] for record, rows in parts]))
         if "step" in parts[0][0] and hasattr(head, "step"):
             head.step.fill_(parts[0][0]["step"])
+    if saved:
+        head.load_state_dict(saved, strict=False)
     if state is not None:
         optimizer.state[head.weight] = state
 

@@ -59,7 +59,7 @@ def use_triton(impl: str, weight: torch.Tensor) -> bool:
     return kernels_fit(weight)
 
 
-def _other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton: bool):
+def other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton: bool):
     """This shard's lse over its non-target classes (N,)."""
     if triton:
         from ..kernels.shard import triton_shard_logsumexp
@@ -68,10 +68,16 @@ def _other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton: bool
     return shard_logsumexp(x_hat, weight, local_target, t, r, block_size, with_target=False)
 
 
-def _gradients(x_hat, weight, local_target, t, dpsi, r, lse, gap, row_grad, block_size,
-               triton: bool):
+def shard_share(x_hat, weight, local_target, t, dpsi, r, lse, gap, row_grad, block_size,
+                triton: bool):
+    """(d_x_hat (N, D), d_weight (C_r, D), None): this shard's share of the gradients of
+    sum_i row_grad_i loss_i; dpsi None leaves the target cells out (a target logit with its
+    own autograd)."""
     if triton:
         from ..kernels.shard import triton_shard_gradients
+
+        if dpsi is None:  # the kernels put g r (p_t - 1) psi' there: zero it
+            dpsi = torch.zeros_like(t)
 
         return triton_shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad,
                                       gap=gap)
@@ -94,6 +100,15 @@ def _target_logits(x_hat, weight, local_target, scale: float, margin: Margin):
     return t, dpsi
 
 
+def global_loss(others: torch.Tensor, t: torch.Tensor):
+    """(gap (N,), lse (N,), loss) from every rank's lse over its non-target classes
+    (W, N) and the target logits t (N,): gap = o - t with o the lse over all of them,
+    lse = logaddexp(o, t), loss = mean log(1 + e^gap) (= lse - t, exact however small)."""
+    other = others.logsumexp(0)  # (N,)
+    gap, lse = other - t, torch.logaddexp(other, t)
+    return gap, lse, torch.logaddexp(gap, torch.zeros_like(gap)).sum() / t.shape[0]
+
+
 class ShardedMarginCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, embeddings, weight, local_target, layout, scale, margin, group, block_size,
@@ -105,12 +120,10 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
             n = layout.total
             t, dpsi = _target_logits(x_hat, weight, local_target, scale, margin)
             r = torch.full((n,), scale, dtype=acc, device=x_hat.device)  # (N,)
-            other = _other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton)
+            other = other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton)
             partial = torch.cat([other.to(acc), t])  # (2N,): t is 0 where another rank owns it
             table = all_gather_stack(partial, group)  # (W, 2N), the same on every rank
-            other, t_all = table[:, :n].logsumexp(0), table[:, n:].sum(0)  # (N,) each
-            gap, lse = other - t_all, torch.logaddexp(other, t_all)  # (N,) each
-            loss = torch.logaddexp(gap, torch.zeros_like(gap)).sum() / n
+            gap, lse, loss = global_loss(table[:, :n], table[:, n:].sum(0))
         ctx.save_for_backward(embeddings, weight, local_target, x_hat, t, dpsi, lse, gap)
         ctx.layout, ctx.scale, ctx.group, ctx.block_size = layout, scale, group, block_size
         ctx.triton = triton
@@ -125,7 +138,7 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
             n = layout.total
             r = torch.full((n,), ctx.scale, dtype=x_hat.dtype, device=x_hat.device)
             row_grad = (grad_output.to(x_hat.dtype) / n).expand(n)  # (N,)
-            d_x_hat, d_weight, _ = _gradients(x_hat, weight, local_target, t, dpsi, r, lse, gap,
+            d_x_hat, d_weight, _ = shard_share(x_hat, weight, local_target, t, dpsi, r, lse, gap,
                                               row_grad, ctx.block_size, ctx.triton)
             d_x_hat = d_x_hat.to(x_hat.dtype)
             d_embeddings = None

@@ -1,0 +1,117 @@
+"""ShardedHead: the base of the class-sharded heads. It owns this rank's block of class
+centres and runs the steps that every sharded head shares; subclasses define the loss.
+
+    forward(local_embeddings (n_r, D), local_labels (n_r,)):
+        handshake          check every rank's inputs, agree on the batch sizes (handshake.py)
+        gather labels      the global labels (N,), in rank order
+        local_target       each label's row in this rank's block, -1 where another rank owns it
+        sample             sample_rate < 1 in training: the positives and a uniform sample of
+                           the other classes (sampling.py)
+        sharded_loss       the subclass's global mean loss, the same on every rank
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import nn
+
+from ..validation import check_positive_int, check_scale
+from .comm import all_gather_stack, gather_rows, rank_and_world_size
+from .handshake import BatchLayout, handshake
+from .sampling import check_sample_rate, remap_targets, sample_rows, step_generator
+from .sharded_loss import check_impl
+from .sharding import class_range
+
+
+class ShardedHead(nn.Module):
+    """``weight`` (stop - start, D) holds this rank's classes [start, stop) in class order
+    (sharding.py), drawn as a xavier_normal_ of the full (C, D) matrix. Subclasses define
+    ``sharded_loss``. sample_rate, seed: Partial FC sampling (``sampled_rows`` holds the rows
+    of ``weight`` used by the last forward; the ``step`` buffer fixes each step's sample).
+    impl, block_size: how each shard's softmax runs (sharded_loss.py)."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        *,
+        scale: float,
+        sample_rate: float = 1.0,
+        group=None,
+        seed: int = 0,
+        block_size: int | None = None,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        embedding_dim = check_positive_int("embedding_dim", embedding_dim)
+        num_classes = check_positive_int("num_classes", num_classes)
+        self.embedding_dim, self.num_classes = embedding_dim, num_classes
+        self.scale = check_scale(scale)
+        self.sample_rate = check_sample_rate(sample_rate)
+        if block_size is not None:  # the chunked path coerced 0, -1 and 3.5 silently
+            block_size = check_positive_int("block_size", block_size)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int (the same on every rank), got {seed!r}")
+        self.group, self.seed, self.block_size = group, int(seed), block_size
+        self.impl = check_impl(impl)
+        self.rank, self.world_size = rank_and_world_size(group)
+        self.start, self.stop = class_range(num_classes, self.world_size, self.rank)
+        self.weight = nn.Parameter(torch.empty(self.stop - self.start, embedding_dim))
+        # xavier_normal_ of the full (C, D) matrix, drawn shard by shard
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / (num_classes + embedding_dim)))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.sampled_rows: torch.Tensor | None = None  # rows of weight used by the last step
+
+    def sharded_loss(self, x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                     local_target: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+        """The global mean loss (a scalar, the same on every rank). x (n_r, D) this rank's
+        embeddings; weight (K, D) this rank's (sampled) rows; labels (N,) the global labels;
+        local_target (N,) each label's row in ``weight`` or -1."""
+        raise NotImplementedError
+
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor):
+        x, amp_dtype = local_embeddings, None
+        if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+            amp_dtype = torch.get_autocast_dtype(x.device.type)  # the matmuls in it, loss fp32
+            x = x.to(amp_dtype)
+        like = self.weight if amp_dtype is None else self.weight[:0].to(amp_dtype)  # (0, D)
+        layout = handshake(x, local_labels, like, self.num_classes, self.group)
+        if layout.total == 0:  # no sample anywhere: a zero that keeps the graph
+            return (x.sum() + self.weight.sum()) * 0
+        labels = gather_rows(local_labels.long(), layout.sizes, self.group)  # (N,)
+        inside = (labels >= self.start) & (labels < self.stop)
+        local_target = torch.where(inside, labels - self.start, -1)  # (N,)
+        weight = self.weight
+        if self.sample_rate < 1 and self.training:
+            generator = step_generator(self.seed, int(self.step), self.start, weight.device)
+            rows = sample_rows(local_target, weight.shape[0], self.sample_rate, generator)
+            self.sampled_rows = rows  # (K,)
+            weight, local_target = weight[rows], remap_targets(local_target, rows)
+            self.step += 1
+        else:
+            self.sampled_rows = None
+        if amp_dtype is not None:
+            weight = weight.to(amp_dtype)
+        loss = self.sharded_loss(x, weight, labels, local_target, layout)
+        if not bool(torch.isfinite(loss)):  # the same loss on every rank: all of them are here
+            self._name_non_finite_shards()
+        return loss if amp_dtype is None else loss.float()
+
+    def _name_non_finite_shards(self) -> None:
+        """The same ValueError on every rank when some rank's weight rows hold NaN or inf (a
+        diverged run), instead of a silent NaN loss."""
+        bad = torch.isfinite(self.weight).all().logical_not().long().view(1)  # (1,)
+        ranks = all_gather_stack(bad, self.group).view(-1).nonzero().view(-1).tolist()
+        if ranks:
+            raise ValueError(f"weight contains non-finite values (NaN or inf) in the classes "
+                             f"held by rank(s) {ranks}; the run has diverged")
+
+    def extra_repr(self) -> str:
+        return (
+            f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
+            f"classes=[{self.start}, {self.stop}) of rank {self.rank}/{self.world_size}, "
+            f"scale={self.scale}, sample_rate={self.sample_rate}"
+        )

@@ -1,0 +1,124 @@
+"""Class-sharded heads whose target logit is set per sample: AdaFace, MagFace, ElasticFace.
+They share their rule (the margin, the running state, the draws) with the single-device
+heads (heads/adaface.py, magface.py, elastic.py) and equal them on the global batch.
+
+One step, on every rank (replicated.py says how the gradient counts each piece once):
+
+    X, X'   = the gathered rows (N, D), twice: replicated and partitioned views
+    c_r     = cos(X'_i, w_{y_i}) where this rank owns y_i, 0 elsewhere        # (N,)
+    cos     = sum over ranks of c_r: every target cosine, on every rank       # (N,)
+    state   = update_state(cos, labels, X)          training mode, the whole global batch
+    t       = target_logit(cos, X)                  the head's rule, the same on every rank
+    loss    = sharded_target_cross_entropy(X', W_r, t) + extra_loss(X)
+
+Running state (AdaFace's EMAs, ElasticFace's generator) is replicated: every rank updates it
+from the same global values, and the loss checks that the ranks' target logits agree.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..functional import target_cosines
+from ..heads.adaface import AdaFaceRule
+from ..heads.elastic import ElasticArcRule, ElasticCosRule
+from ..heads.magface import MagFaceRule
+from .replicated import gather_twice, sum_over_ranks
+from .sharded_head import ShardedHead
+from .sharded_target_loss import sharded_target_cross_entropy
+
+
+def owned_target_cosines(x: torch.Tensor, weight: torch.Tensor, local_target: torch.Tensor):
+    """cos(x_i, w_{t_i}) (N,) where local_target_i >= 0, 0 elsewhere; differentiable."""
+    owned = (local_target >= 0).nonzero().view(-1)  # (M,)
+    cos = target_cosines(x[owned], weight, local_target[owned])  # (M,)
+    return cos.new_zeros(x.shape[0]).index_put((owned,), cos)  # (N,)
+
+
+class TargetPartialFC(ShardedHead):
+    """A sharded head with a per-sample target logit t_i = target_logit(cos_iy, x_i) and
+    logit_ij = scale * cos_ij elsewhere. Subclasses (a rule mixin first) define
+    ``target_logit`` and may define ``training_target_logit``, ``update_state`` (no gradient,
+    training mode, before the target logits) and ``extra_loss``. Gradients as PartialFC's:
+    exact for ``weight``, world_size times the exact one for the embeddings (for DDP).
+    The keywords the subclasses pass on (``**sharding``): sample_rate, group, seed,
+    block_size, impl, as PartialFC's; ``seed`` also seeds ElasticFace's draws."""
+
+    def target_logit(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_target_logit(self, cos_target, embeddings) -> torch.Tensor:
+        return self.target_logit(cos_target, embeddings)
+
+    def update_state(self, cos, labels, embeddings) -> None:
+        """Running state from the global batch's target cosines, labels and rows."""
+
+    def extra_loss(self, embeddings: torch.Tensor) -> torch.Tensor | float:
+        return 0.0
+
+    def sharded_loss(self, x, weight, labels, local_target, layout):
+        if layout.embeddings_need_grad and torch.is_grad_enabled() and not x.requires_grad:
+            x = x.detach().requires_grad_()  # its backward's collective must run on every rank
+        replicated, partitioned = gather_twice(x, layout.sizes, self.group)  # (N, D) each
+        cos = owned_target_cosines(partitioned, weight, local_target)  # (N,)
+        cos = sum_over_ranks(cos, self.group)  # (N,)
+        if self.training:
+            with torch.no_grad():
+                self.update_state(cos.detach(), labels, replicated.detach())
+            target = self.training_target_logit(cos, replicated)  # (N,)
+        else:
+            target = self.target_logit(cos, replicated)
+        loss = sharded_target_cross_entropy(partitioned, weight, local_target, target,
+                                            self.scale, self.group, self.block_size, self.impl)
+        return loss + self.extra_loss(replicated)
+
+
+class AdaFacePartialFC(AdaFaceRule, TargetPartialFC):
+    """Sharded AdaFace (heads/adaface.py: the official defaults m = 0.4,
+    h = 0.333, s = 64, t_alpha = 0.01). The EMAs ``batch_mean``, ``batch_std`` follow the
+    norms of the global batch, the same on every rank."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, margin: float = 0.4,
+                 h: float = 0.333, scale: float = 64.0, t_alpha: float = 0.01,
+                 **sharding) -> None:
+        super().__init__(embedding_dim, num_classes, scale=scale, **sharding)
+        self.init_rule(margin, h, t_alpha)
+
+
+class MagFacePartialFC(MagFaceRule, TargetPartialFC):
+    """Sharded MagFace (heads/magface.py: the official defaults s = 64, l_a = 10,
+    u_a = 110, l_margin = 0.45, u_margin = 0.8, lambda_g = 35, the easy margin); the
+    regulariser is the mean over the global batch."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, scale: float = 64.0,
+                 l_a: float = 10.0, u_a: float = 110.0, l_margin: float = 0.45,
+                 u_margin: float = 0.8, lambda_g: float = 35.0, fallback: str = "easy",
+                 **sharding) -> None:
+        super().__init__(embedding_dim, num_classes, scale=scale, **sharding)
+        self.init_rule(l_a, u_a, l_margin, u_margin, lambda_g, fallback)
+
+
+class ElasticArcFacePartialFC(ElasticArcRule, TargetPartialFC):
+    """Sharded ElasticFace-Arc (heads/elastic.py: s = 64, m = 0.5, std = 0.05):
+    N margins drawn per step for the global batch, in its order, from a generator seeded
+    by ``seed``, the same draws on every rank. plus, plus_order: ElasticFace+, ranked over
+    the global batch."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, margin: float = 0.5,
+                 std: float = 0.05, scale: float = 64.0, fallback: str = "none",
+                 plus: bool = False, plus_order: str = "paper", **sharding) -> None:
+        super().__init__(embedding_dim, num_classes, scale=scale, **sharding)
+        self.init_rule(margin, std, plus, plus_order, self.seed)
+        self.init_fallback(fallback)
+
+
+class ElasticCosFacePartialFC(ElasticCosRule, TargetPartialFC):
+    """Sharded ElasticFace-Cos (heads/elastic.py: s = 64, m = 0.35, std = 0.05),
+    drawn as ElasticArcFacePartialFC's."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, margin: float = 0.35,
+                 std: float = 0.05, scale: float = 64.0, plus: bool = False,
+                 plus_order: str = "paper", **sharding) -> None:
+        super().__init__(embedding_dim, num_classes, scale=scale, **sharding)
+        self.init_rule(margin, std, plus, plus_order, self.seed)
+

@@ -1,0 +1,256 @@
+"""The per-sample sharded heads (AdaFace, MagFace, ElasticFace) on 2 and 3 gloo processes
+against the single-process heads on the global batch (float64, impl="eager").
+
+Each case runs two training steps and one eval step on the same head (the running state
+and the draws carry over), then the tests compare every step's loss and gradients, and the
+final running state, with a single-process head fed the same steps.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+from gloo_processes import run_ranks
+
+import margin_softmax as ms
+from margin_softmax.distributed import (
+    AdaFacePartialFC,
+    ElasticArcFacePartialFC,
+    ElasticCosFacePartialFC,
+    MagFacePartialFC,
+    PartialFC,
+    class_range,
+    load_full,
+    load_sharded,
+    load_state,
+    save_full,
+    save_sharded,
+)
+from margin_softmax.distributed.checkpoint import running_state
+
+DIM = 6
+TOL = {"atol": 1e-9, "rtol": 0.0}
+MODES = ("train", "train", "eval")  # one head, three steps
+HEADS = {  # name -> (single-process head, sharded head, keywords of both)
+    "adaface": (ms.AdaFace, AdaFacePartialFC, {"t_alpha": 0.3}),
+    "magface": (ms.MagFace, MagFacePartialFC, {"fallback": "seed"}),
+    "elastic_arc_plus": (ms.ElasticArcFace, ElasticArcFacePartialFC,
+                         {"std": 0.2, "plus": True, "fallback": "seed", "seed": 5}),
+    "elastic_cos": (ms.ElasticCosFace, ElasticCosFacePartialFC, {"std": 0.2, "seed": 7}),
+}
+# world -> case -> (head, num_classes, batch size of each rank, sharding keywords, labels below)
+CASES = {
+    2: {
+        "adaface": ("adaface", 11, [5, 3], {}, None),
+        "magface": ("magface", 11, [2, 7], {}, None),
+        "elastic_arc_plus": ("elastic_arc_plus", 11, [4, 4], {}, None),
+        "elastic_cos_sampled": ("elastic_cos", 23, [6, 5], {"sample_rate": 0.4, "seed": 7}, None),
+    },
+    3: {
+        "adaface": ("adaface", 10, [4, 0, 6], {}, None),  # rank 1 holds no sample
+        "magface": ("magface", 10, [1, 5, 3], {}, 7),  # no sample of rank 2's classes
+        "elastic_arc_plus": ("elastic_arc_plus", 17, [3, 4, 2], {}, None),
+        "adaface_sampled": ("adaface", 25, [4, 2, 5], {"sample_rate": 0.3}, None),
+    },
+}
+
+
+def case_data(name: str, world: int):
+    """Per step: x (N, D) with norms spread over AdaFace's and MagFace's ranges, labels (N,);
+    and the full weight (C, D): the same in every process."""
+    head, num_classes, sizes, sharding, label_high = CASES[world][name]
+    g = torch.Generator().manual_seed(zlib.crc32(f"{name}-{world}".encode()))
+    weight = torch.randn(num_classes, DIM, generator=g, dtype=torch.float64)
+    steps = []
+    for _ in MODES:
+        x = torch.randn(sum(sizes), DIM, generator=g, dtype=torch.float64)
+        x = x * torch.empty(sum(sizes), 1, dtype=torch.float64).uniform_(5, 60, generator=g)
+        steps.append((x, torch.randint(0, label_high or num_classes, (sum(sizes),), generator=g)))
+    return head, weight, sizes, sharding, steps
+
+
+def local_rows(sizes: list[int], rank: int) -> slice:
+    start = sum(sizes[:rank])
+    return slice(start, start + sizes[rank])
+
+
+def sharded_head(head: str, weight: torch.Tensor, group=None, **sharding):
+    _, kind, keywords = HEADS[head]
+    model = kind(DIM, weight.shape[0], group=group, **{**keywords, **sharding}).double()
+    with torch.no_grad():
+        model.weight.copy_(weight[model.start : model.stop])
+    return model
+
+
+def run_case(name: str, world: int, rank: int, frozen_rank: int | None = None) -> dict:
+    head_name, weight, sizes, sharding, steps = case_data(name, world)
+    head = sharded_head(head_name, weight, **sharding)
+    out = []
+    for mode, (x, labels) in zip(MODES, steps, strict=True):
+        head.train(mode == "train")
+        mine = x[local_rows(sizes, rank)].clone().requires_grad_(rank != frozen_rank)
+        head.weight.grad = None
+        loss = head(mine, labels[local_rows(sizes, rank)])
+        loss.backward()
+        out.append({"loss": loss.item(), "x_grad": mine.grad, "w_grad": head.weight.grad,
+                    "rows": head.sampled_rows, "start": head.start})
+    return {"steps": out, "state": running_state(head.state_dict())}
+
+
+def run_seed_mismatch(rank: int, world: int) -> str:
+    _, weight, sizes, _, steps = case_data("elastic_arc_plus", world)
+    head = sharded_head("elastic_arc_plus", weight, seed=rank)  # a different seed per rank
+    x, labels = steps[0]
+    try:
+        head(x[local_rows(sizes, rank)], labels[local_rows(sizes, rank)])
+    except ValueError as error:
+        return str(error)
+    return "no error"
+
+
+def worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=30))
+    results = {name: run_case(name, world, rank) for name in CASES[world]}
+    results["frozen_rank"] = run_case("magface", world, rank, frozen_rank=world - 1)
+    results["seed_mismatch"] = run_seed_mismatch(rank, world)
+    _, weight, sizes, _, steps = case_data("adaface", 2)  # 11 classes, saved by 2 ranks
+    head = sharded_head("adaface", weight if world == 2 else torch.zeros_like(weight))
+    if world == 2:  # two training steps, then save
+        for x, labels in steps[:2]:
+            head(x[local_rows(sizes, rank)], labels[local_rows(sizes, rank)])
+        save_sharded(f"{out}/adaface2", head)
+    else:  # load into 3 ranks, into the wrong kind of head, and from a single process
+        load_sharded(f"{out}/adaface2", head)
+        results["loaded"] = {"weight": head.weight.detach().clone(),
+                             "state": running_state(head.state_dict())}
+        try:
+            load_sharded(f"{out}/adaface2", PartialFC(DIM, weight.shape[0]).double())
+            results["wrong_kind"] = "no error"
+        except ValueError as error:
+            results["wrong_kind"] = str(error)
+        load_sharded(f"{out}/single", head)
+        results["from_single"] = running_state(head.state_dict())
+    torch.save(results, f"{out}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def spawn(world: int, out: str) -> list[dict]:
+    run_ranks(worker, world, out, timeout=180.0)
+    return [torch.load(f"{out}/rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("target_heads"))
+    two = spawn(2, out)
+    single = ms.AdaFace(DIM, 11, t_alpha=0.3).double()  # a single-process head's checkpoint
+    single.batch_mean.fill_(33.0)
+    single.batch_std.fill_(4.5)
+    save_full(f"{out}/single", single.weight, single.state_dict())
+    three = spawn(3, out)
+    return {2: two, 3: three, "out": out}
+
+
+def reference(head_name: str, weight, steps, sampled_per_step):
+    """Every step of the single-process head on the global batch: (loss, x grad, weight
+    grad over all C rows), and its final running state. A sampled step runs a head of the
+    sampled rows with the running state carried over."""
+    single, _, keywords = HEADS[head_name]
+    state, out = None, []
+    for mode, (x, labels), sampled in zip(MODES, steps, sampled_per_step, strict=True):
+        rows = torch.arange(weight.shape[0]) if sampled is None else sampled
+        head = single(DIM, len(rows), impl="eager", **keywords).double()
+        head.load_state_dict({"weight": weight[rows], **(state or {})}, strict=state is not None)
+        head.train(mode == "train")
+        xs = x.clone().requires_grad_()
+        loss = head(xs, torch.searchsorted(rows, labels))
+        loss.backward()
+        w_grad = torch.zeros_like(weight)
+        w_grad[rows] = head.weight.grad  # rows not sampled get no gradient
+        out.append((loss.item(), xs.grad, w_grad))
+        state = running_state(head.state_dict())
+    return out, state
+
+
+def sampled_rows(results: list[dict], step: int):
+    """The global class indices of a step's sample (K,), or None when not sampling."""
+    if results[0]["steps"][step]["rows"] is None:
+        return None
+    return torch.cat([r["steps"][step]["start"] + r["steps"][step]["rows"] for r in results])
+
+
+def assert_states_equal(found: dict, expected: dict) -> None:
+    assert found.keys() == expected.keys()
+    for key, value in expected.items():
+        if key == "_extra_state":
+            assert torch.equal(found[key]["generator"], value["generator"])
+        else:
+            torch.testing.assert_close(found[key], value, **TOL)
+
+
+def check_against_single(results, world, name):
+    head_name, weight, sizes, sharding, steps = case_data(name, world)
+    sampled = [sampled_rows(results, k) for k in range(len(MODES))]
+    expected, state = reference(head_name, weight, steps, sampled)
+    if "sample_rate" in sharding:
+        assert sampled[0] is not None and sampled[2] is None  # eval mode samples nothing
+        assert len(sampled[0]) < weight.shape[0]
+        assert set(steps[0][1].tolist()) <= set(sampled[0].tolist())  # every positive kept
+    for r, result in enumerate(results):
+        start, stop = class_range(weight.shape[0], world, r)
+        for k, (loss, x_grad, w_grad) in enumerate(expected):
+            found = result["steps"][k]
+            assert abs(found["loss"] - loss) < 1e-9, (r, k, found["loss"], loss)
+            if found["x_grad"] is not None:  # the documented factor for DDP's average
+                torch.testing.assert_close(found["x_grad"] / world,
+                                           x_grad[local_rows(sizes, r)], **TOL)
+            torch.testing.assert_close(found["w_grad"], w_grad[start:stop], **TOL)
+        assert_states_equal(result["state"], state)
+
+
+@pytest.mark.parametrize("world,name", [(w, n) for w in CASES for n in CASES[w]])
+def test_loss_gradients_and_state_equal_single_process(runs, world, name):
+    check_against_single([result[name] for result in runs[world]], world, name)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_rank_with_frozen_embeddings_neither_hangs_nor_changes_the_others(runs, world):
+    results = [result["frozen_rank"] for result in runs[world]]
+    assert all(step["x_grad"] is None for step in results[-1]["steps"])
+    check_against_single(results, world, "magface")
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_with_different_draws_raise_on_every_rank(runs, world):
+    for result in runs[world]:
+        assert "different target logits" in result["seed_mismatch"], result["seed_mismatch"]
+
+
+def test_running_state_moves_with_the_checkpoint(runs):
+    """Saved by 2 ranks after two training steps, loaded by 3 ranks and by a single-process
+    head: the weight and the EMAs of those two steps; refused by a head of another kind; a
+    single-process head's EMAs load into the sharded head."""
+    head_name, weight, _, _, steps = case_data("adaface", 2)
+    _, after_two = reference(head_name, weight, steps[:2] + steps[:1], [None] * 3)
+    for rank, result in enumerate(runs[3]):
+        start, stop = class_range(weight.shape[0], 3, rank)
+        torch.testing.assert_close(result["loaded"]["weight"], weight[start:stop], **TOL)
+        assert_states_equal(result["loaded"]["state"], after_two)
+        assert "saved from another kind of head" in result["wrong_kind"], result["wrong_kind"]
+        assert_states_equal(result["from_single"], {
+            "batch_mean": torch.tensor(33.0, dtype=torch.float64),
+            "batch_std": torch.tensor(4.5, dtype=torch.float64)})
+    single = ms.AdaFace(DIM, weight.shape[0], t_alpha=0.3).double()
+    directory = f"{runs['out']}/adaface2"
+    single.load_state_dict({"weight": load_full(directory), **load_state(directory)})
+    torch.testing.assert_close(single.weight.detach(), weight, **TOL)
+    assert_states_equal(running_state(single.state_dict()), after_two)
