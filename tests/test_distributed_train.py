@@ -44,6 +44,26 @@ def test_torchrun_two_ranks_trains_and_saves_every_shard(tmp_path):
     assert torch.isfinite(load_full(tmp_path)).all()
 
 
+def test_torchrun_adaface_trains_and_saves_its_running_state(tmp_path):
+    """A per-sample head under torchrun: it learns, and every shard file carries the same
+    EMAs, moved from their initial 20 and 100 by the run."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        "-m", "margin_softmax.distributed.train", "--loss", "adaface", "--classes", "50",
+        "--steps", "40", "--batch-size", "32", "--log-every", "39", "--timeout", "30",
+        "--save", str(tmp_path),
+    ]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    losses = [float(v) for v in re.findall(r"loss (\S+) .* world 2", done.stdout)]
+    assert len(losses) == 2 and losses[1] < 0.5 * losses[0], done.stdout
+    states = [torch.load(tmp_path / name, weights_only=True)["state"]
+              for name in ("classes-0-25.pt", "classes-25-50.pt")]
+    assert states[0] == states[1]
+    assert states[0]["batch_mean"] != 20.0 and states[0]["batch_std"] != 100.0
+
+
 def test_a_rank_that_never_joins_is_an_error_within_the_timeout():
     env = _env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(_free_port()))

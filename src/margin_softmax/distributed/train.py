@@ -1,8 +1,13 @@
-"""Train a small backbone (DistributedDataParallel) with a class-sharded PartialFC head.
+"""Train a small backbone (DistributedDataParallel) with a class-sharded head.
 
     python -m margin_softmax.distributed.train --steps 100                  # one process
     torchrun --nproc_per_node=4 -m margin_softmax.distributed.train         # CPU: gloo
     torchrun --nproc_per_node=8 -m margin_softmax.distributed.train --device cuda  # NCCL
+    torchrun --nproc_per_node=2 -m margin_softmax.distributed.train --loss adaface
+
+``--loss``: PartialFC with one of MARGINS, or a sharded per-sample head (TARGET_HEADS), with
+the margins of the single-process registry (registry.LOSSES: smaller than the papers', for
+a small network and few classes) and ``--scale``.
 
 Data: synthetic identities, a random centre per class in input space plus Gaussian noise;
 each rank draws its own batch every step. ``--timeout`` bounds every wait on another rank
@@ -42,12 +47,25 @@ from .checkpoint import (
 from .partial_fc import PartialFC
 from .sampled_optimizer import SampledRowsOptimizer
 from .sampling import check_sample_rate
+from .sharded_head import ShardedHead
+from .target_heads import (
+    AdaFacePartialFC,
+    ElasticArcFacePartialFC,
+    ElasticCosFacePartialFC,
+    MagFacePartialFC,
+)
 
 MARGINS = {  # (m1, m2, m3)
     "arcface": (1.0, 0.3, 0.0),
     "cosface": (1.0, 0.0, 0.3),
     "combined": (1.0, 0.2, 0.1),
     "normface": (1.0, 0.0, 0.0),
+}
+TARGET_HEADS = {  # name -> (sharded head, its margin keywords)
+    "adaface": (AdaFacePartialFC, {"margin": 0.3}),
+    "magface": (MagFacePartialFC, {}),
+    "elastic-arcface": (ElasticArcFacePartialFC, {"margin": 0.3}),
+    "elastic-cosface": (ElasticCosFacePartialFC, {"margin": 0.3}),
 }
 
 
@@ -82,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="samples per rank per step")
     p.add_argument("--steps", type=positive_int, default=100)
     p.add_argument("--lr", type=positive_float, default=0.05)
-    p.add_argument("--loss", choices=sorted(MARGINS), default="arcface")
+    p.add_argument("--loss", choices=sorted([*MARGINS, *TARGET_HEADS]), default="arcface")
     p.add_argument("--scale", type=_checked(check_scale), default=30.0)
     p.add_argument("--sample-rate", type=_checked(check_sample_rate), default=1.0)
     p.add_argument("--noise", type=nonnegative_float, default=0.5)
@@ -126,6 +144,16 @@ def batch(centres: torch.Tensor, args, rank: int, step: int, device):
     return x.to(device), labels.to(device)
 
 
+def build_head(args) -> ShardedHead:
+    """The sharded head that ``--loss`` names, with --scale, --sample-rate and --seed."""
+    common = {"scale": args.scale, "sample_rate": args.sample_rate, "seed": args.seed}
+    if args.loss in MARGINS:
+        m1, m2, m3 = MARGINS[args.loss]
+        return PartialFC(args.embedding_dim, args.classes, m1=m1, m2=m2, m3=m3, **common)
+    kind, margins = TARGET_HEADS[args.loss]
+    return kind(args.embedding_dim, args.classes, **margins, **common)
+
+
 def train(args) -> list[float]:
     rank, world, device = init_distributed(args)
     torch.manual_seed(args.seed)  # the same backbone on every rank (DDP also broadcasts it)
@@ -135,10 +163,8 @@ def train(args) -> list[float]:
                              nn.Linear(128, args.embedding_dim)).to(device)
     if world > 1:
         backbone = DistributedDataParallel(backbone)
-    m1, m2, m3 = MARGINS[args.loss]
     torch.manual_seed(args.seed + 1 + rank)  # a different draw for each shard of the head
-    head = PartialFC(args.embedding_dim, args.classes, m1=m1, m2=m2, m3=m3, scale=args.scale,
-                     sample_rate=args.sample_rate, seed=args.seed).to(device)
+    head = build_head(args).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     sgd = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
     optimizer = SampledRowsOptimizer(sgd, head)
@@ -166,7 +192,7 @@ def _unwrapped(backbone: nn.Module) -> nn.Module:
     return backbone.module if isinstance(backbone, DistributedDataParallel) else backbone
 
 
-def save(directory: str, backbone, head: PartialFC, optimizer, step: int) -> None:
+def save(directory: str, backbone, head: ShardedHead, optimizer, step: int) -> None:
     """Every rank writes its shard (save_sharded checks the directory first and ends in a
     barrier), then rank 0 writes trainer.pt."""
     save_sharded(directory, head, optimizer)
@@ -176,7 +202,7 @@ def save(directory: str, backbone, head: PartialFC, optimizer, step: int) -> Non
                    Path(directory) / "trainer.pt")
 
 
-def resume(directory: str, backbone, head: PartialFC, optimizer) -> int:
+def resume(directory: str, backbone, head: ShardedHead, optimizer) -> int:
     """Load a checkpoint written by save() in any world size; returns the next step."""
     saved = torch.load(Path(directory) / "trainer.pt", map_location="cpu", weights_only=True)
     _unwrapped(backbone).load_state_dict(saved["backbone"])
