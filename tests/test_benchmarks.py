@@ -86,3 +86,24 @@ def test_gpu_script_dry_run_goes_through_every_step(tmp_path):
         collected[log] = dict(re.findall(r"^tests/(\S+\.py): (\d+)$", text, re.MULTILINE))
     assert set(collected["tests-triton.log"]) == {"test_triton.py", "test_triton_property.py"}
     assert int(collected["tests-gpu.log"].get("test_triton.py", 0)) > 0, collected
+
+
+def test_weak_scaling_keeps_the_classes_per_rank_fixed(monkeypatch):
+    """benchmarks.distributed_scaling, AdaFacePartialFC on 1 and 2 gloo ranks: a rank of
+    the sharded head holds C_r x D weights and its B x D rows at every W, while the
+    one-process baselines hold all W C_r classes and the W B rows."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import distributed_scaling
+
+    dim, per_rank, batch = 8, 300, 4
+    rows = distributed_scaling.run(worlds=(1, 2), classes_per_rank=per_rank, dim=dim,
+                                   batch=batch, steps=1, head="adaface")
+    found = {(r["variant"], r["W"]): r for r in rows}
+    assert set(found) == {(v, w) for w in (1, 2) for v in
+                          (f"AdaFacePartialFC x{w}", "1 process eager", "1 process chunked")}
+    for (variant, world), row in found.items():
+        held = (per_rank + batch) * dim if variant.startswith("AdaFace") else \
+            world * (per_rank + batch) * dim
+        assert row["weight_and_data_mib_per_rank"] * 2**20 / 4 == held
+        assert row["step_ms"] > 0 and row["classes"] == world * per_rank
+    assert found[("AdaFacePartialFC x1", 1)]["step_vs_W1"] == 1.0
