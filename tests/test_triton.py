@@ -430,6 +430,34 @@ def test_partial_fc_on_the_triton_primitives(schedule):
         ArcFacePartialFC(6, 37, impl="fused")
 
 
+@pytest.mark.parametrize("schedule", ["gemm"], indirect=True)
+@pytest.mark.parametrize("name", ["adaface", "magface"])
+def test_per_sample_sharded_heads_on_the_triton_primitives(schedule, name):
+    """AdaFacePartialFC, MagFacePartialFC (impl="triton", one process: the target cells
+    left out of the kernels' gradient, their share back through the head's autograd) equal
+    the single-device heads run eager in float64 on the same float32 inputs (1e-5), over two
+    training steps (AdaFace's EMAs move)."""
+    from margin_softmax.distributed import AdaFacePartialFC, MagFacePartialFC
+
+    sharded, single = {"adaface": (AdaFacePartialFC, ms.AdaFace),
+                       "magface": (MagFacePartialFC, ms.MagFace)}[name]
+    head = sharded(6, 37, scale=16.0, impl="triton").to(DEVICE)
+    ref = single(6, 37, scale=16.0, impl="eager").double()
+    for step in range(2):
+        x, w, y = problem(9, 37, 6, seed=20 + step)
+        x = (x * torch.linspace(5, 60, 9)[:, None]).detach()  # norms 5 to 60
+        with torch.no_grad():
+            head.weight.copy_(w)
+            ref.weight.copy_(w.double())
+        head.weight.grad, ref.weight.grad = None, None
+        xs, x64 = x.to(DEVICE).requires_grad_(), x.double().detach().requires_grad_()
+        loss, expected = head(xs, y.to(DEVICE)), ref(x64, y)
+        loss.backward()
+        expected.backward()
+        actual = [t.detach().double().cpu() for t in (loss, xs.grad, head.weight.grad)]
+        assert max(rel_errors(actual, [expected.detach(), x64.grad, ref.weight.grad])) < 1e-5
+
+
 def test_partial_fc_on_the_triton_primitives_keeps_confident_rows():
     """Rows near their centres (loss 1e-9 to 1e-5 at s = 64): the sharded head's loss
     log(1 + e^gap) and p_t - 1 = -sigmoid(gap) from the gap to the target, not from the
