@@ -163,7 +163,9 @@ def distributed_names(names: dict) -> dict:
     optimizer.step()
     return {"backbone": backbone, "head": head, "head3": PartialFC(512, 11, m2=0.5),
             "optimizer": optimizer, "rank": 0, "C": 11,
-            "momentum": optimizer.state[head.weight]["momentum_buffer"].clone()}
+            "momentum": optimizer.state[head.weight]["momentum_buffer"].clone(),
+            "local_embeddings": backbone.module(names["x"]).detach(),
+            "local_labels": names["labels"] % 11}
 
 
 def check_distributed(names, values):
@@ -172,6 +174,15 @@ def check_distributed(names, values):
     assert torch.equal(names["single"].weight, head.weight)
     assert torch.equal(names["optimizer"].state[head.weight]["momentum_buffer"],
                        names["momentum"])  # the resume restored the head's momentum rows
+    # the per-sample heads: AdaFace equals the single-device head on the same batch (both
+    # fresh, one training step), and the EMAs that step moved went through the checkpoint
+    adaface, ada = names["adaface"], names["ada"]
+    single = ms.AdaFace(512, 11)
+    single.weight.data.copy_(adaface.weight)
+    expected = single(names["local_embeddings"], names["local_labels"])
+    torch.testing.assert_close(names["loss"], expected, rtol=1e-5, atol=1e-6)
+    assert adaface.batch_mean == single.batch_mean != 20.0
+    assert (ada.batch_mean, ada.batch_std) == (adaface.batch_mean, adaface.batch_std)
 
 
 def scheduler_names(names: dict) -> dict:
