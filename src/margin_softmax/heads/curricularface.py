@@ -34,27 +34,16 @@ class HardNegatives:
         return value, torch.where(hard, self.t + 2 * cos, 1.0)
 
 
-class CurricularFace(Float64State, TargetLogitHead):
-    """CurricularFace with the official code's defaults (m = 0.5, s = 64, momentum 0.01,
-    t starting at 0). ``t`` is a float64 buffer (saved in state_dict; float64 whatever dtype
-    the head is moved to), updated on each training-mode forward before the logits, frozen in
-    eval mode. impl: "auto", "eager" or "chunked" (the Triton kernels have no hard-negative
-    transform)."""
+class CurricularFaceRule(Float64State):
+    """CurricularFace's target logit, hard-negative transform and EMA, shared by the
+    single-device head and the class-sharded one (distributed/target_heads.py): ``t`` is a
+    float64 buffer (saved in state_dict; float64 whatever dtype the head is moved to),
+    updated on training-mode forwards before the logits, frozen in eval mode. The head sets
+    ``scale``."""
 
-    IMPLS = ("auto", "eager", "chunked")
     FLOAT64_BUFFERS = ("t",)
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_classes: int,
-        *,
-        margin: float = 0.5,
-        scale: float = 64.0,
-        momentum: float = 0.01,
-        impl: str = "auto",
-    ) -> None:
-        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+    def init_rule(self, margin: float, momentum: float) -> None:
         self.margin = margin
         self.momentum = check_float("momentum", momentum, 0.0, 1.0)
         self.register_buffer("t", torch.zeros((), dtype=torch.float64))
@@ -81,3 +70,24 @@ class CurricularFace(Float64State, TargetLogitHead):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, momentum={self.momentum}"
+
+
+class CurricularFace(CurricularFaceRule, TargetLogitHead):
+    """CurricularFace with the official code's defaults (m = 0.5, s = 64, momentum 0.01,
+    t starting at 0; CurricularFaceRule). impl: "auto", "eager" or "chunked" (the Triton
+    kernels have no hard-negative transform)."""
+
+    IMPLS = ("auto", "eager", "chunked")
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        *,
+        margin: float = 0.5,
+        scale: float = 64.0,
+        momentum: float = 0.01,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, scale=scale, impl=impl)
+        self.init_rule(margin, momentum)
