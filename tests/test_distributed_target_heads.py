@@ -1,5 +1,5 @@
-"""The per-sample sharded heads (AdaFace, MagFace, ElasticFace) on 2 and 3 gloo processes
-against the single-process heads on the global batch (float64, impl="eager").
+"""The per-sample sharded heads (AdaFace, MagFace, ElasticFace, CurricularFace) on 2 and 3
+gloo processes against the single-process heads on the global batch (float64, eager).
 
 Each case runs two training steps and one eval step on the same head (the running state
 and the draws carry over), then the tests compare every step's loss and gradients, and the
@@ -20,6 +20,7 @@ from gloo_processes import run_ranks
 import margin_softmax as ms
 from margin_softmax.distributed import (
     AdaFacePartialFC,
+    CurricularFacePartialFC,
     ElasticArcFacePartialFC,
     ElasticCosFacePartialFC,
     MagFacePartialFC,
@@ -42,6 +43,7 @@ HEADS = {  # name -> (single-process head, sharded head, keywords of both)
     "elastic_arc_plus": (ms.ElasticArcFace, ElasticArcFacePartialFC,
                          {"std": 0.2, "plus": True, "fallback": "seed", "seed": 5}),
     "elastic_cos": (ms.ElasticCosFace, ElasticCosFacePartialFC, {"std": 0.2, "seed": 7}),
+    "curricularface": (ms.CurricularFace, CurricularFacePartialFC, {"momentum": 0.3}),
 }
 # world -> case -> (head, num_classes, batch size of each rank, sharding keywords, labels below)
 CASES = {
@@ -50,12 +52,14 @@ CASES = {
         "magface": ("magface", 11, [2, 7], {}, None),
         "elastic_arc_plus": ("elastic_arc_plus", 11, [4, 4], {}, None),
         "elastic_cos_sampled": ("elastic_cos", 23, [6, 5], {"sample_rate": 0.4, "seed": 7}, None),
+        "curricularface": ("curricularface", 11, [3, 6], {}, None),
     },
     3: {
         "adaface": ("adaface", 10, [4, 0, 6], {}, None),  # rank 1 holds no sample
         "magface": ("magface", 10, [1, 5, 3], {}, 7),  # no sample of rank 2's classes
         "elastic_arc_plus": ("elastic_arc_plus", 17, [3, 4, 2], {}, None),
         "adaface_sampled": ("adaface", 25, [4, 2, 5], {"sample_rate": 0.3}, None),
+        "curricularface_sampled": ("curricularface", 19, [2, 4, 3], {"sample_rate": 0.5}, None),
     },
 }
 

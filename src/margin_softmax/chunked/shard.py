@@ -20,7 +20,7 @@ from .sweeps import RowSide, gradient_sweep, lse_sweep
 from .tiles import ClassTiles, matmul_dtype
 
 
-def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size):
+def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size, non_target=None):
     acc, mm = compute_dtype(weight.dtype), matmul_dtype(weight.dtype)
     r = row_scale.to(acc)
     rows = RowSide(
@@ -29,6 +29,7 @@ def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size):
         target=local_target,
         target_logit=target_logit.to(acc),
         row_scale=r,
+        non_target=non_target,
     )
     block = block_size or tile_classes(x_hat.shape[0], tile_bytes(False, x_hat.device.type))
     return ClassTiles(weight, block), rows
@@ -44,12 +45,15 @@ def shard_logsumexp(
     block_size: int | None = None,
     *,
     with_target: bool = True,
+    non_target=None,
 ) -> torch.Tensor:
     """lse (N,) over this shard's classes of r_i * cos_ij, the target class (local_target,
     -1 where another shard owns it) holding target_logit; with_target=False, over the other
     classes only (the caller adds the target: exact for confident rows). x_hat (N, D) unit
-    rows, weight (C_r, D) raw, row_scale (N,). -inf for an empty shard. Compute dtype."""
-    classes, rows = _sides(x_hat, weight, local_target, target_logit, row_scale, block_size)
+    rows, weight (C_r, D) raw, row_scale (N,). -inf for an empty shard. Compute dtype.
+    non_target: None, or the transform r_i f_i(cos_ij) of functional.target_cross_entropy."""
+    classes, rows = _sides(x_hat, weight, local_target, target_logit, row_scale, block_size,
+                           non_target)
     return lse_sweep(classes, rows, with_target)
 
 
@@ -67,6 +71,7 @@ def shard_gradients(
     *,
     need_row_scale_grad: bool = True,
     gap: torch.Tensor | None = None,
+    non_target=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of sum_i row_grad_i * loss_i from this shard's classes, lse the GLOBAL one:
 
@@ -77,11 +82,13 @@ def shard_gradients(
     autograd; its gradient is row_grad_i * (p_it - 1), from the global lse). gap (N,): the
     global lse over the other classes - target_logit, where the caller has it: p_it - 1 is
     then -sigmoid(gap), exact for confident rows, instead of expm1(target_logit - lse).
+    non_target: as shard_logsumexp's (its slope enters dcos; its row_param gets no gradient).
 
     Returns d_x_hat (N, D) and d_row_scale (N,) in compute dtype (d_row_scale_i = row_grad_i *
     sum_j dlogit_ij * logit_ij / r_i, 0 where r_i = 0; None unless need_row_scale_grad), and
     d_weight (C_r, D) in weight's dtype, through the normalisation of each weight row."""
-    classes, rows = _sides(x_hat, weight, local_target, target_logit, row_scale, block_size)
+    classes, rows = _sides(x_hat, weight, local_target, target_logit, row_scale, block_size,
+                           non_target)
     acc = classes.acc
     row_grad = row_grad.to(acc)
     dpsi = None if target_dpsi is None else target_dpsi.to(acc)

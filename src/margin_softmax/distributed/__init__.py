@@ -3,7 +3,7 @@
 Each rank owns a contiguous block of the classes (sharding.py); the loss is exact across
 ranks (sharded_loss.py); sample_rate < 1 is Partial FC (sampling.py, sampled_optimizer.py).
 PartialFC is the combined margin; the heads with a per-sample target logit (AdaFace, MagFace,
-ElasticFace) share their rule with the single-device heads (target_heads.py).
+ElasticFace, CurricularFace) share their rule with the single-device heads (target_heads.py).
 Works with gloo on CPU, NCCL on GPU, and without any process group at world size 1.
 """
 
@@ -23,6 +23,7 @@ from .sharded_target_loss import sharded_target_cross_entropy
 from .sharding import class_range, class_ranges
 from .target_heads import (
     AdaFacePartialFC,
+    CurricularFacePartialFC,
     ElasticArcFacePartialFC,
     ElasticCosFacePartialFC,
     MagFacePartialFC,
@@ -33,6 +34,7 @@ __all__ = [
     "AdaFacePartialFC",
     "ArcFacePartialFC",
     "CosFacePartialFC",
+    "CurricularFacePartialFC",
     "ElasticArcFacePartialFC",
     "ElasticCosFacePartialFC",
     "MagFacePartialFC",

@@ -59,17 +59,20 @@ def use_triton(impl: str, weight: torch.Tensor) -> bool:
     return kernels_fit(weight)
 
 
-def other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton: bool):
-    """This shard's lse over its non-target classes (N,)."""
+def other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton: bool,
+                    non_target=None):
+    """This shard's lse over its non-target classes (N,); non_target: the chunked path's
+    transform of the non-target logits (not on the kernels)."""
     if triton:
         from ..kernels.shard import triton_shard_logsumexp
 
         return triton_shard_logsumexp(x_hat, weight, local_target, t, r, with_target=False)
-    return shard_logsumexp(x_hat, weight, local_target, t, r, block_size, with_target=False)
+    return shard_logsumexp(x_hat, weight, local_target, t, r, block_size, with_target=False,
+                           non_target=non_target)
 
 
 def shard_share(x_hat, weight, local_target, t, dpsi, r, lse, gap, row_grad, block_size,
-                triton: bool):
+                triton: bool, non_target=None):
     """(d_x_hat (N, D), d_weight (C_r, D), None): this shard's share of the gradients of
     sum_i row_grad_i loss_i; dpsi None leaves the target cells out (a target logit with its
     own autograd)."""
@@ -82,7 +85,7 @@ def shard_share(x_hat, weight, local_target, t, dpsi, r, lse, gap, row_grad, blo
         return triton_shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad,
                                       gap=gap)
     return shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad, block_size,
-                           need_row_scale_grad=False, gap=gap)
+                           need_row_scale_grad=False, gap=gap, non_target=non_target)
 
 
 def _target_logits(x_hat, weight, local_target, scale: float, margin: Margin):

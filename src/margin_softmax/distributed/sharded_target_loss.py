@@ -7,6 +7,7 @@ the caller on every rank (replicated.py); rank r holds the rows W_r (C_r, D) of 
 forward, on every rank:
     x_hat  = X / |X|
     o_r,i  = lse over this shard's classes other than y_i of s <x_hat_i, w_hat_j>   # (N,)
+             (or of s f_i(<x_hat_i, w_hat_j>): a non-target transform, CurricularFace's)
     o_i    = logsumexp over ranks of o_r,i;  gap_i = o_i - t_i
     loss   = mean_i log(1 + e^gap_i)          (= lse_i - t_i, exact however small)
 
@@ -44,20 +45,23 @@ def _check_same_targets(targets: torch.Tensor) -> None:
 
 class ShardedTargetCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, local_target, target_logit, scale, group, block_size, impl):
-        triton = use_triton(impl, weight)
+    def forward(ctx, x, weight, local_target, target_logit, scale, group, block_size, impl,
+                non_target):
+        triton = non_target is None and use_triton(impl, weight)  # the kernels have no f
         with torch.autocast(x.device.type, enabled=False):
             acc = compute_dtype(x.dtype)
             x_hat, norm = unit_rows(x.to(acc))  # (N, D), (N,)
             n = x.shape[0]
             t = target_logit.detach().to(acc)  # (N,)
             r = torch.full((n,), scale, dtype=acc, device=x.device)  # (N,)
-            other = other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton)
+            other = other_logsumexp(x_hat, weight, local_target, t, r, block_size, triton,
+                                    non_target)
             table = all_gather_stack(torch.cat([other.to(acc), t]), group)  # (W, 2N)
             _check_same_targets(table[:, n:])
             gap, lse, loss = global_loss(table[:, :n], t)
         ctx.save_for_backward(weight, local_target, x_hat, norm, t, lse, gap)
         ctx.scale, ctx.block_size, ctx.triton = scale, block_size, triton
+        ctx.non_target = non_target
         ctx.x_dtype, ctx.t_dtype = x.dtype, target_logit.dtype
         return loss.to(x.dtype)
 
@@ -70,14 +74,15 @@ class ShardedTargetCrossEntropy(torch.autograd.Function):
             r = torch.full((n,), ctx.scale, dtype=x_hat.dtype, device=x_hat.device)
             row_grad = (grad_output.to(x_hat.dtype) / n).expand(n)  # (N,)
             d_x_hat, d_weight, _ = shard_share(x_hat, weight, local_target, t, None, r, lse,
-                                               gap, row_grad, ctx.block_size, ctx.triton)
+                                               gap, row_grad, ctx.block_size, ctx.triton,
+                                               ctx.non_target)
             d_x = None
             if ctx.needs_input_grad[0]:
                 d_x = unit_rows_backward(d_x_hat.to(x_hat.dtype), x_hat, norm).to(ctx.x_dtype)
             d_t = (-row_grad * torch.sigmoid(gap)).to(ctx.t_dtype)  # (N,) g (p_t - 1)
         if not ctx.needs_input_grad[1]:
             d_weight = None
-        return d_x, d_weight, None, d_t, None, None, None, None
+        return d_x, d_weight, None, d_t, None, None, None, None, None
 
 
 def sharded_target_cross_entropy(
@@ -89,11 +94,14 @@ def sharded_target_cross_entropy(
     group=None,
     block_size: int | None = None,
     impl: str = "auto",
+    non_target=None,
 ) -> torch.Tensor:
     """The global mean loss (a scalar, the same on every rank). x (N, D) the gathered rows
     (the partitioned view of replicated.gather_twice); weight (C_r, D) this rank's classes;
     local_target (N,) each row's class in ``weight`` or -1; target_logit (N,) the same on
-    every rank, with its own autograd. impl: "auto", "chunked" or "triton"."""
+    every rank, with its own autograd. impl: "auto", "chunked" or "triton". non_target:
+    None, or functional.target_cross_entropy's transform of the non-target cosines, its
+    row_param the same on every rank (chunked only: "auto" and "triton" run chunked)."""
     return ShardedTargetCrossEntropy.apply(
-        x, weight, local_target, target_logit, scale, group, block_size, impl
+        x, weight, local_target, target_logit, scale, group, block_size, impl, non_target
     )

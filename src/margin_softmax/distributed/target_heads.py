@@ -1,6 +1,7 @@
-"""Class-sharded heads whose target logit is set per sample: AdaFace, MagFace, ElasticFace.
-They share their rule (the margin, the running state, the draws) with the single-device
-heads (heads/adaface.py, magface.py, elastic.py) and equal them on the global batch.
+"""Class-sharded heads whose target logit is set per sample: AdaFace, MagFace, ElasticFace,
+CurricularFace (which also transforms the non-target logits). They share their rule (the
+margin, the running state, the draws) with the single-device heads (heads/adaface.py,
+magface.py, elastic.py, curricularface.py) and equal them on the global batch.
 
 One step, on every rank (replicated.py says how the gradient counts each piece once):
 
@@ -9,7 +10,8 @@ One step, on every rank (replicated.py says how the gradient counts each piece o
     cos     = sum over ranks of c_r: every target cosine, on every rank       # (N,)
     state   = update_state(cos, labels, X)          training mode, the whole global batch
     t       = target_logit(cos, X)                  the head's rule, the same on every rank
-    loss    = sharded_target_cross_entropy(X', W_r, t) + extra_loss(X)
+    f       = non_target(cos)                       None, or a transform of the other logits
+    loss    = sharded_target_cross_entropy(X', W_r, t, f) + extra_loss(X)
 
 Running state (AdaFace's EMAs, ElasticFace's generator) is replicated: every rank updates it
 from the same global values, and the loss checks that the ranks' target logits agree.
@@ -21,6 +23,7 @@ import torch
 
 from ..functional import target_cosines
 from ..heads.adaface import AdaFaceRule
+from ..heads.curricularface import CurricularFaceRule
 from ..heads.elastic import ElasticArcRule, ElasticCosRule
 from ..heads.magface import MagFaceRule
 from .replicated import gather_twice, sum_over_ranks
@@ -56,6 +59,11 @@ class TargetPartialFC(ShardedHead):
     def extra_loss(self, embeddings: torch.Tensor) -> torch.Tensor | float:
         return 0.0
 
+    def non_target(self, cos_target: torch.Tensor):
+        """None (logit_ij = scale * cos_ij), or functional.target_cross_entropy's transform
+        of the non-target cosines, built from the global target cosines (N,)."""
+        return None
+
     def sharded_loss(self, x, weight, labels, local_target, layout):
         if layout.embeddings_need_grad and torch.is_grad_enabled() and not x.requires_grad:
             x = x.detach().requires_grad_()  # its backward's collective must run on every rank
@@ -69,7 +77,8 @@ class TargetPartialFC(ShardedHead):
         else:
             target = self.target_logit(cos, replicated)
         loss = sharded_target_cross_entropy(partitioned, weight, local_target, target,
-                                            self.scale, self.group, self.block_size, self.impl)
+                                            self.scale, self.group, self.block_size, self.impl,
+                                            self.non_target(cos.detach()))
         return loss + self.extra_loss(replicated)
 
 
@@ -122,3 +131,17 @@ class ElasticCosFacePartialFC(ElasticCosRule, TargetPartialFC):
         super().__init__(embedding_dim, num_classes, scale=scale, **sharding)
         self.init_rule(margin, std, plus, plus_order, self.seed)
 
+
+class CurricularFacePartialFC(CurricularFaceRule, TargetPartialFC):
+    """Sharded CurricularFace (heads/curricularface.py: m = 0.5, s = 64, momentum 0.01): the
+    EMA t follows the mean target cosine of the global batch, the same on every rank, and
+    the hard negatives are re-weighted on each shard by the chunked sweeps (impl "auto" or
+    "chunked": the Triton kernels have no such transform)."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, margin: float = 0.5,
+                 scale: float = 64.0, momentum: float = 0.01, **sharding) -> None:
+        if sharding.get("impl") == "triton":
+            raise ValueError("CurricularFacePartialFC has no Triton path (the kernels have no "
+                             "hard-negative transform); use impl='auto' or 'chunked'")
+        super().__init__(embedding_dim, num_classes, scale=scale, **sharding)
+        self.init_rule(margin, momentum)

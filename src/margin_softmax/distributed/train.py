@@ -50,6 +50,7 @@ from .sampling import check_sample_rate
 from .sharded_head import ShardedHead
 from .target_heads import (
     AdaFacePartialFC,
+    CurricularFacePartialFC,
     ElasticArcFacePartialFC,
     ElasticCosFacePartialFC,
     MagFacePartialFC,
@@ -63,6 +64,7 @@ MARGINS = {  # (m1, m2, m3)
 }
 TARGET_HEADS = {  # name -> (sharded head, its margin keywords)
     "adaface": (AdaFacePartialFC, {"margin": 0.3}),
+    "curricularface": (CurricularFacePartialFC, {"margin": 0.3}),
     "magface": (MagFacePartialFC, {}),
     "elastic-arcface": (ElasticArcFacePartialFC, {"margin": 0.3}),
     "elastic-cosface": (ElasticCosFacePartialFC, {"margin": 0.3}),
