@@ -4,15 +4,15 @@ On disk: a directory with one file per shard, ``classes-{start}-{stop}.pt``, eac
 {"start", "stop", "num_classes", "weight" (stop - start, D)}, the head's sampling ``step``
 when it has one, its running state when it has any ("state": the rest of its state_dict,
 AdaFace's EMAs or ElasticFace's generator, the same on every rank), and, when saved with an
-optimizer, "optimizer": {"rows": the state tensors
-of the weight shaped like it, as (stop - start, D) slices (momentum_buffer, exp_avg,
-exp_avg_sq), "other": the rest (Adam's step, the same on every rank), "type": the optimizer's
-class name (loading into another type is refused; files without it are not checked)}. A
-rank loads the rows of its own block from whichever files overlap it, so a checkpoint written
-by 2 ranks loads into 3, and a single-process head's full weight is just a checkpoint with one
-shard. The directory must be visible to every rank (a shared file system) when loading into
-another layout. Everything else in the optimizer (the backbone's state, the hyperparameters)
-is its ordinary state_dict: see optimizer_state_without_head.
+optimizer, "optimizer": {"rows": the state tensors of the weight shaped like it, as (stop -
+start, D) slices (momentum_buffer, exp_avg, exp_avg_sq), "other": the rest (Adam's step, the
+same on every rank), "type": the optimizer's class name (loading into another type is
+refused; files without it are not checked)}. A rank loads the rows of its own block from
+whichever files overlap it, so a checkpoint written by 2 ranks loads into 3, and a single-
+process head's full weight is just a checkpoint with one shard. The directory must be
+visible to every rank (a shared file system) when loading into another layout. Everything
+else in the optimizer (the backbone's state, the hyperparameters) is its ordinary
+state_dict: see optimizer_state_without_head.
 """
 
 from __future__ import annotations

@@ -81,7 +81,6 @@ def shard_share(x_hat, weight, local_target, t, dpsi, r, lse, gap, row_grad, blo
 
         if dpsi is None:  # the kernels put g r (p_t - 1) psi' there: zero it
             dpsi = torch.zeros_like(t)
-
         return triton_shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad,
                                       gap=gap)
     return shard_gradients(x_hat, weight, local_target, t, dpsi, r, lse, row_grad, block_size,
@@ -142,7 +141,7 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
             r = torch.full((n,), ctx.scale, dtype=x_hat.dtype, device=x_hat.device)
             row_grad = (grad_output.to(x_hat.dtype) / n).expand(n)  # (N,)
             d_x_hat, d_weight, _ = shard_share(x_hat, weight, local_target, t, dpsi, r, lse, gap,
-                                              row_grad, ctx.block_size, ctx.triton)
+                                               row_grad, ctx.block_size, ctx.triton)
             d_x_hat = d_x_hat.to(x_hat.dtype)
             d_embeddings = None
             if layout.embeddings_need_grad:  # the same decision on every rank
