@@ -22,33 +22,12 @@ from .base import MarginHead
 from .float64_state import Float64State, state_update
 
 
-class AdaCos(Float64State, MarginHead):
-    """AdaCos. scale=None starts from the paper's fixed s = sqrt(2) log(C - 1);
-    dynamic=False keeps the scale fixed (the paper's "fixed AdaCos").
-    The current scale is the buffer ``adaptive_scale`` (saved in state_dict, float64 whatever
-    dtype the head is moved to); ``scale`` reads it as a float."""
+class AdaptiveScale(Float64State):
+    """AdaCos's scale, shared by the single-device head and the class-sharded one
+    (distributed/target_heads.py): the float64 buffer ``adaptive_scale`` (saved in
+    state_dict, float64 whatever dtype the head is moved to), read and set as ``scale``."""
 
     FLOAT64_BUFFERS = ("adaptive_scale",)
-
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_classes: int,
-        *,
-        scale: float | None = None,
-        dynamic: bool = True,
-        impl: str = "auto",
-    ) -> None:
-        initial = 1.0 if scale is None else scale  # the fixed s is set below, once C is checked
-        super().__init__(embedding_dim, num_classes, scale=initial, impl=impl)
-        if num_classes < 3:
-            raise ValueError(
-                f"num_classes must be >= 3 for AdaCos (s = sqrt(2) log(C - 1) > 0), "
-                f"got {num_classes!r}"
-            )
-        if scale is None:
-            self.scale = math.sqrt(2) * math.log(num_classes - 1)
-        self.dynamic = dynamic
 
     @property
     def scale(self) -> float:
@@ -61,6 +40,49 @@ class AdaCos(Float64State, MarginHead):
             self.adaptive_scale.fill_(value)
         else:
             self.register_buffer("adaptive_scale", torch.tensor(value, dtype=torch.float64))
+
+    @staticmethod
+    def fixed_scale(num_classes: int) -> float:
+        """The paper's fixed s = sqrt(2) log(C - 1); C >= 3."""
+        if num_classes < 3:
+            raise ValueError(
+                f"num_classes must be >= 3 for AdaCos (s = sqrt(2) log(C - 1) > 0), "
+                f"got {num_classes!r}"
+            )
+        return math.sqrt(2) * math.log(num_classes - 1)
+
+    def set_dynamic_scale(self, log_b_avg: torch.Tensor, cos_target: torch.Tensor) -> float:
+        """s = log(B_avg) / cos(min(pi/4, theta_med)) from log B_avg (0-d) and the batch's
+        target cosines (N,); a result that is not a finite positive number leaves the scale
+        unchanged. Returns the scale."""
+        theta_med = torch.acos(cos_target.clamp(-1.0, 1.0)).median()
+        new = float(log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4)))
+        if math.isfinite(new) and new > 0:
+            self.scale = new
+        return self.scale
+
+
+class AdaCos(AdaptiveScale, MarginHead):
+    """AdaCos. scale=None starts from the paper's fixed s = sqrt(2) log(C - 1);
+    dynamic=False keeps the scale fixed (the paper's "fixed AdaCos").
+    The current scale is the buffer ``adaptive_scale`` (AdaptiveScale); ``scale`` reads it
+    as a float."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        *,
+        scale: float | None = None,
+        dynamic: bool = True,
+        impl: str = "auto",
+    ) -> None:
+        initial = 1.0 if scale is None else scale  # the fixed s is set below, once C is checked
+        super().__init__(embedding_dim, num_classes, scale=initial, impl=impl)
+        fixed = self.fixed_scale(num_classes)
+        if scale is None:
+            self.scale = fixed
+        self.dynamic = dynamic
 
     def margin_spec(self) -> Margin:
         return Margin()
@@ -89,13 +111,8 @@ class AdaCos(Float64State, MarginHead):
             inside = (labels >= start) & (labels < start + cos.shape[1])  # target in block
             cos[inside, (labels - start)[inside]] = -math.inf
             lse = torch.logaddexp(lse, torch.logsumexp(s_old * cos, dim=(0, 1)))
-        log_b_avg = lse - math.log(n)
-        cos_target = (x * normalize(w[labels])).sum(1).clamp(-1.0, 1.0)  # (N,)
-        theta_med = torch.acos(cos_target).median()
-        new = float(log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4)))
-        if math.isfinite(new) and new > 0:
-            self.scale = new
-        return self.scale
+        cos_target = (x * normalize(w[labels])).sum(1)  # (N,)
+        return self.set_dynamic_scale(lse - math.log(n), cos_target)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dynamic={self.dynamic}"
