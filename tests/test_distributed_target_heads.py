@@ -1,5 +1,6 @@
-"""The per-sample sharded heads (AdaFace, MagFace, ElasticFace, CurricularFace) on 2 and 3
-gloo processes against the single-process heads on the global batch (float64, eager).
+"""The sharded heads with a rule of their own (AdaFace, MagFace, ElasticFace, CurricularFace,
+AdaCos) on 2 and 3 gloo processes against the single-process heads on the global batch
+(float64, eager).
 
 Each case runs two training steps and one eval step on the same head (the running state
 and the draws carry over), then the tests compare every step's loss and gradients, and the
@@ -19,6 +20,7 @@ from gloo_processes import run_ranks
 
 import margin_softmax as ms
 from margin_softmax.distributed import (
+    AdaCosPartialFC,
     AdaFacePartialFC,
     CurricularFacePartialFC,
     ElasticArcFacePartialFC,
@@ -44,6 +46,7 @@ HEADS = {  # name -> (single-process head, sharded head, keywords of both)
                          {"std": 0.2, "plus": True, "fallback": "seed", "seed": 5}),
     "elastic_cos": (ms.ElasticCosFace, ElasticCosFacePartialFC, {"std": 0.2, "seed": 7}),
     "curricularface": (ms.CurricularFace, CurricularFacePartialFC, {"momentum": 0.3}),
+    "adacos": (ms.AdaCos, AdaCosPartialFC, {}),
 }
 # world -> case -> (head, num_classes, batch size of each rank, sharding keywords, labels below)
 CASES = {
@@ -53,6 +56,7 @@ CASES = {
         "elastic_arc_plus": ("elastic_arc_plus", 11, [4, 4], {}, None),
         "elastic_cos_sampled": ("elastic_cos", 23, [6, 5], {"sample_rate": 0.4, "seed": 7}, None),
         "curricularface": ("curricularface", 11, [3, 6], {}, None),
+        "adacos": ("adacos", 11, [4, 5], {}, None),
     },
     3: {
         "adaface": ("adaface", 10, [4, 0, 6], {}, None),  # rank 1 holds no sample
@@ -60,6 +64,7 @@ CASES = {
         "elastic_arc_plus": ("elastic_arc_plus", 17, [3, 4, 2], {}, None),
         "adaface_sampled": ("adaface", 25, [4, 2, 5], {"sample_rate": 0.3}, None),
         "curricularface_sampled": ("curricularface", 19, [2, 4, 3], {"sample_rate": 0.5}, None),
+        "adacos": ("adacos", 10, [3, 0, 4], {}, 7),
     },
 }
 

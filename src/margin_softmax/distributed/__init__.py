@@ -2,8 +2,9 @@
 
 Each rank owns a contiguous block of the classes (sharding.py); the loss is exact across
 ranks (sharded_loss.py); sample_rate < 1 is Partial FC (sampling.py, sampled_optimizer.py).
-PartialFC is the combined margin; the heads with a per-sample target logit (AdaFace, MagFace,
-ElasticFace, CurricularFace) share their rule with the single-device heads (target_heads.py).
+PartialFC is the combined margin; the heads with a per-sample target logit or a running
+scale (AdaFace, MagFace, ElasticFace, CurricularFace, AdaCos) share their rule with the
+single-device heads (target_heads.py).
 Works with gloo on CPU, NCCL on GPU, and without any process group at world size 1.
 """
 
@@ -22,6 +23,7 @@ from .sharded_loss import sharded_margin_cross_entropy
 from .sharded_target_loss import sharded_target_cross_entropy
 from .sharding import class_range, class_ranges
 from .target_heads import (
+    AdaCosPartialFC,
     AdaFacePartialFC,
     CurricularFacePartialFC,
     ElasticArcFacePartialFC,
@@ -31,6 +33,7 @@ from .target_heads import (
 )
 
 __all__ = [
+    "AdaCosPartialFC",
     "AdaFacePartialFC",
     "ArcFacePartialFC",
     "CosFacePartialFC",

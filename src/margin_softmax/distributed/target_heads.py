@@ -19,13 +19,18 @@ from the same global values, and the loss checks that the ranks' target logits a
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..functional import target_cosines
+from ..chunked import shard_logsumexp
+from ..functional import compute_dtype, normalize, target_cosines
+from ..heads.adacos import AdaptiveScale
 from ..heads.adaface import AdaFaceRule
 from ..heads.curricularface import CurricularFaceRule
 from ..heads.elastic import ElasticArcRule, ElasticCosRule
 from ..heads.magface import MagFaceRule
+from .comm import all_gather_stack
 from .replicated import gather_twice, sum_over_ranks
 from .sharded_head import ShardedHead
 from .sharded_target_loss import sharded_target_cross_entropy
@@ -56,6 +61,11 @@ class TargetPartialFC(ShardedHead):
     def update_state(self, cos, labels, embeddings) -> None:
         """Running state from the global batch's target cosines, labels and rows."""
 
+    def update_sharded_state(self, cos, labels, rows, weight, local_target) -> None:
+        """update_state, for a rule that also needs this rank's shard (weight (K, D),
+        local_target (N,)): AdaCos's sum over every logit. No gradient."""
+        self.update_state(cos, labels, rows)
+
     def extra_loss(self, embeddings: torch.Tensor) -> torch.Tensor | float:
         return 0.0
 
@@ -72,7 +82,8 @@ class TargetPartialFC(ShardedHead):
         cos = sum_over_ranks(cos, self.group)  # (N,)
         if self.training:
             with torch.no_grad():
-                self.update_state(cos.detach(), labels, replicated.detach())
+                self.update_sharded_state(cos.detach(), labels, replicated.detach(), weight,
+                                          local_target)
             target = self.training_target_logit(cos, replicated)  # (N,)
         else:
             target = self.target_logit(cos, replicated)
@@ -145,3 +156,39 @@ class CurricularFacePartialFC(CurricularFaceRule, TargetPartialFC):
                              "hard-negative transform); use impl='auto' or 'chunked'")
         super().__init__(embedding_dim, num_classes, scale=scale, **sharding)
         self.init_rule(margin, momentum)
+
+
+class AdaCosPartialFC(AdaptiveScale, TargetPartialFC):
+    """Sharded AdaCos (heads/adacos.py): no margin, the scale from the global batch. Each
+    training step first sums exp(s_old cos_ij) over every non-target (i, j), as log-sum-exps
+    per shard combined across ranks (one more pass over the shard's classes), and takes the
+    median target angle of the global batch; then the loss at the new scale. dynamic=False
+    keeps the scale (None: the fixed sqrt(2) log(C - 1)). The update needs every class, so
+    dynamic with sample_rate < 1 is refused."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, scale: float | None = None,
+                 dynamic: bool = True, **sharding) -> None:
+        fixed = self.fixed_scale(num_classes)
+        super().__init__(embedding_dim, num_classes, scale=fixed if scale is None else scale,
+                         **sharding)
+        if dynamic and self.sample_rate < 1:
+            raise ValueError(f"AdaCosPartialFC(dynamic=True) needs every class for its scale "
+                             f"update, got sample_rate={self.sample_rate}; use sample_rate=1 "
+                             "or dynamic=False")
+        self.dynamic = dynamic
+
+    def target_logit(self, cos_target, embeddings):
+        return self.scale * cos_target
+
+    def update_sharded_state(self, cos, labels, rows, weight, local_target) -> None:
+        if not self.dynamic:
+            return
+        x_hat = normalize(rows.to(compute_dtype(rows.dtype)))  # (N, D)
+        r = torch.full_like(x_hat[:, 0], self.scale)  # (N,) s_old
+        other = shard_logsumexp(x_hat, weight, local_target, r, r, self.block_size,
+                                with_target=False)  # (N,) this shard's non-target classes
+        everything = all_gather_stack(other, self.group).logsumexp((0, 1))  # over all (i, j)
+        self.set_dynamic_scale(everything - math.log(rows.shape[0]), cos)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dynamic={self.dynamic}"
