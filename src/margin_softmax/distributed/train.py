@@ -49,6 +49,7 @@ from .sampled_optimizer import SampledRowsOptimizer
 from .sampling import check_sample_rate
 from .sharded_head import ShardedHead
 from .target_heads import (
+    AdaCosPartialFC,
     AdaFacePartialFC,
     CurricularFacePartialFC,
     ElasticArcFacePartialFC,
@@ -63,6 +64,7 @@ MARGINS = {  # (m1, m2, m3)
     "normface": (1.0, 0.0, 0.0),
 }
 TARGET_HEADS = {  # name -> (sharded head, its margin keywords)
+    "adacos": (AdaCosPartialFC, {}),
     "adaface": (AdaFacePartialFC, {"margin": 0.3}),
     "curricularface": (CurricularFacePartialFC, {"margin": 0.3}),
     "magface": (MagFacePartialFC, {}),
@@ -153,6 +155,8 @@ def build_head(args) -> ShardedHead:
         m1, m2, m3 = MARGINS[args.loss]
         return PartialFC(args.embedding_dim, args.classes, m1=m1, m2=m2, m3=m3, **common)
     kind, margins = TARGET_HEADS[args.loss]
+    if kind is AdaCosPartialFC:
+        common.pop("scale")  # its own: sqrt(2) log(C - 1), then adaptive
     return kind(args.embedding_dim, args.classes, **margins, **common)
 
 
