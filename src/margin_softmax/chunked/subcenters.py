@@ -61,6 +61,42 @@ def _target_cells(labels: torch.Tensor, a: int, b: int):
     return labels[rows] - a, rows
 
 
+@torch.no_grad()
+def other_logsumexp(x_hat, weight, targets, k: int, scale: float, tile: int) -> torch.Tensor:
+    """Sweep 1: lse_i (N,) of s cos_ij over the classes of ``weight`` (C*K, D) other than
+    targets_i (a class index, or -1: every class counts); -inf where there are none."""
+    acc = x_hat.dtype
+    lse = torch.full((x_hat.shape[0],), -torch.inf, dtype=acc, device=x_hat.device)  # (N,)
+    for a, b in _ranges(weight, k, tile):
+        logit = scale * _tile_cosines(weight, a, b, k, x_hat)[2]  # (T, N)
+        logit[_target_cells(targets, a, b)] = -torch.inf
+        m = logit.amax(0).clamp_min(torch.finfo(acc).min)  # (N,) finite if all -inf
+        lse = torch.logaddexp(lse, m + (logit - m).exp_().sum(0).log())
+    return lse
+
+
+@torch.no_grad()
+def other_gradients(x_hat, weight, targets, k: int, scale: float, lse, coef, tile: int):
+    """Sweep 2: the non-target cells' gradients (d_x_hat (N, D) in x_hat's dtype, d_weight
+    (C*K, D) in weight's) of sum_i g_i loss_i, lse (N,) the full one, coef (N,) = g_i s:
+    dcos = coef p (T, N), routed to each cell's winning sub-centre."""
+    n, acc = x_hat.shape[0], x_hat.dtype
+    d_x_hat = torch.zeros_like(x_hat)  # (N, D)
+    d_weight = torch.empty_like(weight)  # (C*K, D); each tile's rows written once
+    for a, b in _ranges(weight, k, tile):
+        w_hat, w_norm, cos, best = _tile_cosines(weight, a, b, k, x_hat)
+        logit = (scale * cos).sub_(lse)  # (T, N) logit - lse
+        logit[_target_cells(targets, a, b)] = -torch.inf
+        dcos = logit.exp_().mul_(coef)  # (T, N) g s p, 0 at the target cells
+        route = torch.zeros(b - a, k, n, dtype=acc, device=x_hat.device)  # (T, K, N)
+        route.scatter_(1, best[:, None, :], dcos[:, None, :])
+        route = route.view((b - a) * k, n)  # (T*K, N)
+        d_x_hat.addmm_(route.t(), w_hat)  # (N, D)
+        d_w_hat = route @ x_hat  # (T*K, D)
+        d_weight[a * k : b * k] = unit_rows_backward(d_w_hat, w_hat, w_norm)
+    return d_x_hat, d_weight
+
+
 class SubCenterCrossEntropy(torch.autograd.Function):
     """loss_i = logsumexp_j logit_ij - s psi(cos_iy), cos_ij = max_k cos(x_i, w_{jK+k})."""
 
@@ -80,13 +116,8 @@ class SubCenterCrossEntropy(torch.autograd.Function):
             target_logit = scale * psi  # (N,)
 
             # sweep 1: lse over the non-target classes, tile by tile, then the target
-            lse = torch.full((n,), -torch.inf, dtype=acc, device=x_hat.device)  # (N,)
             tile = tile_classes(n, k)
-            for a, b in _ranges(weight, k, tile):
-                logit = scale * _tile_cosines(weight, a, b, k, x_hat)[2]  # (T, N)
-                logit[_target_cells(labels, a, b)] = -torch.inf
-                m = logit.amax(0).clamp_min(torch.finfo(acc).min)  # (N,) finite if all -inf
-                lse = torch.logaddexp(lse, m + (logit - m).exp_().sum(0).log())
+            lse = other_logsumexp(x_hat, weight, labels, k, scale, tile)  # (N,)
             gap = lse - target_logit  # (N,) lse of the others - target: exact as p_t -> 1
             lse = torch.logaddexp(lse, target_logit)
             loss = torch.logaddexp(gap, torch.zeros_like(gap))  # (N,) log(1 + e^gap)
@@ -116,22 +147,11 @@ class SubCenterCrossEntropy(torch.autograd.Function):
 
             # the target cells: dcos_t = g s (p_t - 1) psi'
             dcos_t = coef * -torch.sigmoid(gap) * dpsi  # (N,) p_t - 1 = -sigmoid(gap)
-            d_x_hat = dcos_t[:, None] * w_best  # (N, D)
             d_w_t = unit_rows_backward(dcos_t[:, None] * x_hat, w_best, w_best_norm)  # (N, D)
 
             # sweep 2: the non-target cells, tile by tile
-            d_weight = torch.empty_like(weight)  # (C*K, D); each tile's rows written once
-            for a, b in _ranges(weight, k, tile):
-                w_hat, w_norm, cos, best = _tile_cosines(weight, a, b, k, x_hat)
-                logit = (scale * cos).sub_(lse)  # (T, N) logit - lse
-                logit[_target_cells(labels, a, b)] = -torch.inf
-                dcos = logit.exp_().mul_(coef)  # (T, N) g s p, 0 at the target cells
-                route = torch.zeros(b - a, k, n, dtype=acc, device=x_hat.device)  # (T, K, N)
-                route.scatter_(1, best[:, None, :], dcos[:, None, :])
-                route = route.view((b - a) * k, n)  # (T*K, N)
-                d_x_hat.addmm_(route.t(), w_hat)  # (N, D)
-                d_w_hat = route @ x_hat  # (T*K, D)
-                d_weight[a * k : b * k] = unit_rows_backward(d_w_hat, w_hat, w_norm)
+            d_x_hat, d_weight = other_gradients(x_hat, weight, labels, k, scale, lse, coef, tile)
+            d_x_hat += dcos_t[:, None] * w_best  # (N, D)
             d_weight.index_add_(0, best_row, d_w_t.to(weight.dtype))
             d_x = unit_rows_backward(d_x_hat, x_hat, x_norm)  # (N, D)
         return d_x.to(x_dtype), d_weight, None, None, None, None, None
