@@ -32,7 +32,9 @@ from ..heads.elastic import ElasticArcRule, ElasticCosRule
 from ..heads.magface import MagFaceRule
 from .comm import all_gather_stack
 from .replicated import gather_twice, sum_over_ranks
+from .shard_classes import ShardClasses
 from .sharded_head import ShardedHead
+from .sharded_loss import use_triton
 from .sharded_target_loss import sharded_target_cross_entropy
 
 
@@ -74,6 +76,12 @@ class TargetPartialFC(ShardedHead):
         of the non-target cosines, built from the global target cosines (N,)."""
         return None
 
+    def shard_classes(self, weight, local_target, cos) -> ShardClasses:
+        """How this rank's classes enter the loss (shard_classes.py)."""
+        non_target = self.non_target(cos.detach())
+        triton = non_target is None and use_triton(self.impl, weight)  # the kernels have no f
+        return ShardClasses(local_target, self.block_size, triton, non_target)
+
     def sharded_loss(self, x, weight, labels, local_target, layout):
         if layout.embeddings_need_grad and torch.is_grad_enabled() and not x.requires_grad:
             x = x.detach().requires_grad_()  # its backward's collective must run on every rank
@@ -87,9 +95,9 @@ class TargetPartialFC(ShardedHead):
             target = self.training_target_logit(cos, replicated)  # (N,)
         else:
             target = self.target_logit(cos, replicated)
-        loss = sharded_target_cross_entropy(partitioned, weight, local_target, target,
-                                            self.scale, self.group, self.block_size, self.impl,
-                                            self.non_target(cos.detach()))
+        loss = sharded_target_cross_entropy(partitioned, weight, target,
+                                            self.shard_classes(weight, local_target, cos),
+                                            self.scale, self.group)
         return loss + self.extra_loss(replicated)
 
 
