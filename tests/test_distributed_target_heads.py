@@ -27,14 +27,16 @@ from margin_softmax.distributed import (
     ElasticCosFacePartialFC,
     MagFacePartialFC,
     PartialFC,
+    SubCenterArcFacePartialFC,
     class_range,
     load_full,
+    load_rows,
     load_sharded,
     load_state,
     save_full,
     save_sharded,
 )
-from margin_softmax.distributed.checkpoint import running_state
+from margin_softmax.distributed.checkpoint import running_state, save_weight_shard
 
 DIM = 6
 TOL = {"atol": 1e-9, "rtol": 0.0}
@@ -47,6 +49,8 @@ HEADS = {  # name -> (single-process head, sharded head, keywords of both)
     "elastic_cos": (ms.ElasticCosFace, ElasticCosFacePartialFC, {"std": 0.2, "seed": 7}),
     "curricularface": (ms.CurricularFace, CurricularFacePartialFC, {"momentum": 0.3}),
     "adacos": (ms.AdaCos, AdaCosPartialFC, {}),
+    "subcenter": (ms.SubCenterArcFace, SubCenterArcFacePartialFC,
+                  {"sub_centers": 3, "margin": 0.3, "fallback": "none"}),
 }
 # world -> case -> (head, num_classes, batch size of each rank, sharding keywords, labels below)
 CASES = {
@@ -57,6 +61,7 @@ CASES = {
         "elastic_cos_sampled": ("elastic_cos", 23, [6, 5], {"sample_rate": 0.4, "seed": 7}, None),
         "curricularface": ("curricularface", 11, [3, 6], {}, None),
         "adacos": ("adacos", 11, [4, 5], {}, None),
+        "subcenter_sampled": ("subcenter", 13, [5, 4], {"sample_rate": 0.5}, None),
     },
     3: {
         "adaface": ("adaface", 10, [4, 0, 6], {}, None),  # rank 1 holds no sample
@@ -65,16 +70,27 @@ CASES = {
         "adaface_sampled": ("adaface", 25, [4, 2, 5], {"sample_rate": 0.3}, None),
         "curricularface_sampled": ("curricularface", 19, [2, 4, 3], {"sample_rate": 0.5}, None),
         "adacos": ("adacos", 10, [3, 0, 4], {}, 7),
+        "subcenter": ("subcenter", 11, [2, 5, 3], {}, None),
     },
 }
 
 
+def rows_per_class(head: str) -> int:
+    return HEADS[head][2].get("sub_centers", 1)
+
+
+def class_rows(classes: torch.Tensor, k: int) -> torch.Tensor:
+    """The weight rows (M K,) of classes (M,), K rows per class."""
+    return (classes[:, None] * k + torch.arange(k)).view(-1)
+
+
 def case_data(name: str, world: int):
     """Per step: x (N, D) with norms spread over AdaFace's and MagFace's ranges, labels (N,);
-    and the full weight (C, D): the same in every process."""
+    and the full weight (C K, D): the same in every process."""
     head, num_classes, sizes, sharding, label_high = CASES[world][name]
     g = torch.Generator().manual_seed(zlib.crc32(f"{name}-{world}".encode()))
-    weight = torch.randn(num_classes, DIM, generator=g, dtype=torch.float64)
+    weight = torch.randn(num_classes * rows_per_class(head), DIM, generator=g,
+                         dtype=torch.float64)
     steps = []
     for _ in MODES:
         x = torch.randn(sum(sizes), DIM, generator=g, dtype=torch.float64)
@@ -90,9 +106,10 @@ def local_rows(sizes: list[int], rank: int) -> slice:
 
 def sharded_head(head: str, weight: torch.Tensor, group=None, **sharding):
     _, kind, keywords = HEADS[head]
-    model = kind(DIM, weight.shape[0], group=group, **{**keywords, **sharding}).double()
+    k = rows_per_class(head)
+    model = kind(DIM, weight.shape[0] // k, group=group, **{**keywords, **sharding}).double()
     with torch.no_grad():
-        model.weight.copy_(weight[model.start : model.stop])
+        model.weight.copy_(weight[model.start * k : model.stop * k])
     return model
 
 
@@ -174,14 +191,16 @@ def reference(head_name: str, weight, steps, sampled_per_step):
     grad over all C rows), and its final running state. A sampled step runs a head of the
     sampled rows with the running state carried over."""
     single, _, keywords = HEADS[head_name]
+    k = rows_per_class(head_name)
     state, out = None, []
     for mode, (x, labels), sampled in zip(MODES, steps, sampled_per_step, strict=True):
-        rows = torch.arange(weight.shape[0]) if sampled is None else sampled
-        head = single(DIM, len(rows), impl="eager", **keywords).double()
+        classes = torch.arange(weight.shape[0] // k) if sampled is None else sampled
+        rows = class_rows(classes, k)
+        head = single(DIM, len(classes), impl="eager", **keywords).double()
         head.load_state_dict({"weight": weight[rows], **(state or {})}, strict=state is not None)
         head.train(mode == "train")
         xs = x.clone().requires_grad_()
-        loss = head(xs, torch.searchsorted(rows, labels))
+        loss = head(xs, torch.searchsorted(classes, labels))
         loss.backward()
         w_grad = torch.zeros_like(weight)
         w_grad[rows] = head.weight.grad  # rows not sampled get no gradient
@@ -190,11 +209,18 @@ def reference(head_name: str, weight, steps, sampled_per_step):
     return out, state
 
 
-def sampled_rows(results: list[dict], step: int):
-    """The global class indices of a step's sample (K,), or None when not sampling."""
+def sampled_classes(results: list[dict], step: int, k: int):
+    """The global class indices of a step's sample (S,), or None when not sampling; each
+    sampled class's K weight rows were kept together."""
     if results[0]["steps"][step]["rows"] is None:
         return None
-    return torch.cat([r["steps"][step]["start"] + r["steps"][step]["rows"] for r in results])
+    found = []
+    for r in results:
+        rows = r["steps"][step]["rows"]  # (S_r K,) rows of this rank's weight
+        classes = rows[::k] // k
+        assert torch.equal(rows, class_rows(classes, k))
+        found.append(r["steps"][step]["start"] + classes)
+    return torch.cat(found)
 
 
 def assert_states_equal(found: dict, expected: dict) -> None:
@@ -208,17 +234,18 @@ def assert_states_equal(found: dict, expected: dict) -> None:
 
 def check_against_single(results, world, name):
     head_name, weight, sizes, sharding, steps = case_data(name, world)
-    sampled = [sampled_rows(results, k) for k in range(len(MODES))]
+    k = rows_per_class(head_name)
+    sampled = [sampled_classes(results, step, k) for step in range(len(MODES))]
     expected, state = reference(head_name, weight, steps, sampled)
     if "sample_rate" in sharding:
         assert sampled[0] is not None and sampled[2] is None  # eval mode samples nothing
-        assert len(sampled[0]) < weight.shape[0]
+        assert len(sampled[0]) < weight.shape[0] // k
         assert set(steps[0][1].tolist()) <= set(sampled[0].tolist())  # every positive kept
     for r, result in enumerate(results):
-        start, stop = class_range(weight.shape[0], world, r)
-        for k, (loss, x_grad, w_grad) in enumerate(expected):
-            found = result["steps"][k]
-            assert abs(found["loss"] - loss) < 1e-9, (r, k, found["loss"], loss)
+        start, stop = (k * b for b in class_range(weight.shape[0] // k, world, r))
+        for step, (loss, x_grad, w_grad) in enumerate(expected):
+            found = result["steps"][step]
+            assert abs(found["loss"] - loss) < 1e-9, (r, step, found["loss"], loss)
             if found["x_grad"] is not None:  # the documented factor for DDP's average
                 torch.testing.assert_close(found["x_grad"] / world,
                                            x_grad[local_rows(sizes, r)], **TOL)
@@ -263,3 +290,25 @@ def test_running_state_moves_with_the_checkpoint(runs):
     single.load_state_dict({"weight": load_full(directory), **load_state(directory)})
     torch.testing.assert_close(single.weight.detach(), weight, **TOL)
     assert_states_equal(running_state(single.state_dict()), after_two)
+
+
+def test_sub_centre_checkpoints_keep_each_class_rows_together(tmp_path):
+    """K = 3 rows per class: shards written as by 2 ranks read back whole, by class range,
+    into the sharded head and into ms.SubCenterArcFace (the same row order); a head with
+    another K refuses them."""
+    k, num_classes = 3, 7
+    weight = torch.randn(num_classes * k, DIM, dtype=torch.float64)
+    for start, stop in ((0, 4), (4, 7)):
+        save_weight_shard(tmp_path / "two", weight[start * k : stop * k], start, num_classes,
+                          rows_per_class=k)
+    torch.testing.assert_close(load_full(tmp_path / "two"), weight, **TOL)
+    torch.testing.assert_close(load_rows(tmp_path / "two", 2, 6), weight[2 * k : 6 * k], **TOL)
+    head = SubCenterArcFacePartialFC(DIM, num_classes, sub_centers=k).double()
+    load_sharded(tmp_path / "two", head)
+    torch.testing.assert_close(head.weight.detach(), weight, **TOL)
+    single = ms.SubCenterArcFace(DIM, num_classes, sub_centers=k).double()
+    single.weight.data.copy_(load_full(tmp_path / "two"))
+    save_full(tmp_path / "one", single.weight, rows_per_class=k)
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["classes-0-7.pt"]
+    with pytest.raises(ValueError, match=r"3 weight row\(s\) per class .* the head has 1"):
+        load_sharded(tmp_path / "one", PartialFC(DIM, num_classes))

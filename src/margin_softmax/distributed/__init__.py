@@ -29,6 +29,7 @@ from .target_heads import (
     ElasticArcFacePartialFC,
     ElasticCosFacePartialFC,
     MagFacePartialFC,
+    SubCenterArcFacePartialFC,
     TargetPartialFC,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "PartialFC",
     "SampledRowsOptimizer",
     "ShardedHead",
+    "SubCenterArcFacePartialFC",
     "TargetPartialFC",
     "class_range",
     "class_ranges",

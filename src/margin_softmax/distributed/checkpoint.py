@@ -1,7 +1,8 @@
 """Checkpoints of sharded class centres, and their optimizer state, for any world size.
 
 On disk: a directory with one file per shard, ``classes-{start}-{stop}.pt``, each holding
-{"start", "stop", "num_classes", "weight" (stop - start, D)}, the head's sampling ``step``
+{"start", "stop", "num_classes", "weight" ((stop - start) K, D), "rows_per_class" K (1, or
+SubCenterArcFacePartialFC's sub-centres)}, the head's sampling ``step``
 when it has one, its running state when it has any ("state": the rest of its state_dict,
 AdaFace's EMAs or ElasticFace's generator, the same on every rank), and, when saved with an
 optimizer, "optimizer": {"rows": the state tensors of the weight shaped like it, as (stop -
@@ -54,16 +55,18 @@ def running_state(state_dict: dict) -> dict:
 def save_weight_shard(directory: str | Path, weight: torch.Tensor, start: int,
                       num_classes: int, step: int | None = None,
                       optimizer_state: dict | None = None,
-                      optimizer_type: str | None = None, state: dict | None = None) -> Path:
-    """Write rows [start, start + len(weight)) of the class centres (no collective), with
-    the head's sampling ``step``, its running ``state`` (running_state) and the weight's
-    optimizer state (of an ``optimizer_type`` optimizer, e.g. "SGD") when given."""
+                      optimizer_type: str | None = None, state: dict | None = None,
+                      rows_per_class: int = 1) -> Path:
+    """Write the class centres of classes [start, start + len(weight) / rows_per_class) (no
+    collective; K = rows_per_class rows per class, sub-centres), with the head's sampling
+    ``step``, its running ``state`` (running_state) and the weight's optimizer state (of an
+    ``optimizer_type`` optimizer, e.g. "SGD") when given."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    stop = start + weight.shape[0]
+    stop = start + weight.shape[0] // rows_per_class
     path = _shard_path(directory, start, stop)
     record = {"start": start, "stop": stop, "num_classes": num_classes,
-              "weight": weight.detach().cpu().clone()}
+              "weight": weight.detach().cpu().clone(), "rows_per_class": rows_per_class}
     if step is not None:
         record["step"] = step
     if state:
@@ -99,17 +102,20 @@ def save_sharded(directory: str | Path, head, optimizer=None) -> None:
     state = None if optimizer is None else optimizer.state.get(head.weight, {})
     kind = None if optimizer is None else _optimizer_type(optimizer)
     save_weight_shard(directory, head.weight, head.start, head.num_classes, step, state, kind,
-                      running_state(head.state_dict()))
+                      running_state(head.state_dict()), getattr(head, "rows_per_class", 1))
     if rank_and_world_size(head.group)[1] > 1:
         dist.barrier(group=head.group)
 
 
-def save_full(directory: str | Path, weight: torch.Tensor, state: dict | None = None) -> None:
-    """Write a full (C, D) weight, e.g. a single-process head's, as a one-shard checkpoint;
-    with ``state`` (that head's state_dict()), its running state too, for load_sharded."""
-    check_save_directory(directory, weight.shape[0], 1)
+def save_full(directory: str | Path, weight: torch.Tensor, state: dict | None = None,
+              rows_per_class: int = 1) -> None:
+    """Write a full (C, D) weight, e.g. a single-process head's, as a one-shard checkpoint
+    ((C K, D) with rows_per_class K: SubCenterArcFace's, sub_centers=K); with ``state``
+    (that head's state_dict()), its running state too, for load_sharded."""
+    classes = weight.shape[0] // rows_per_class
+    check_save_directory(directory, classes, 1)
     state = None if state is None else running_state(state)
-    save_weight_shard(directory, weight, 0, weight.shape[0], state=state)
+    save_weight_shard(directory, weight, 0, classes, state=state, rows_per_class=rows_per_class)
 
 
 def load_state(directory: str | Path) -> dict:
@@ -136,15 +142,17 @@ def _load(path: Path) -> dict:
 
 
 def _block(directory: str | Path, start: int, stop: int) -> list[tuple[dict, slice]]:
-    """(record, its rows in [start, stop)) of every shard file that overlaps the block, in
-    class order; for an empty block, the first file with no rows."""
+    """(record, its weight rows of classes [start, stop)) of every shard file that overlaps
+    the block, in class order; for an empty block, the first file with no rows."""
     shards = _shards(Path(directory))
     parts, filled = [], 0
     for low, high, path in shards:
         low, high = max(start, low), min(stop, high)
         if low < high:
             record = _load(path)
-            parts.append((record, slice(low - record["start"], high - record["start"])))
+            k = record.get("rows_per_class", 1)
+            parts.append((record, slice((low - record["start"]) * k,
+                                        (high - record["start"]) * k)))
             filled += high - low
     if filled != stop - start:
         raise ValueError(f"the shards in {directory} do not cover classes [{start}, {stop}) "
@@ -153,8 +161,8 @@ def _block(directory: str | Path, start: int, stop: int) -> list[tuple[dict, sli
 
 
 def load_rows(directory: str | Path, start: int, stop: int) -> torch.Tensor:
-    """Rows [start, stop) of the class centres (stop - start, D); reads only the shard
-    files that overlap them."""
+    """The class centres of classes [start, stop): ((stop - start) K, D) for K rows per
+    class (sub-centres; K = 1 otherwise); reads only the shard files that overlap them."""
     return torch.cat([record["weight"][rows] for record, rows in _block(directory, start, stop)])
 
 
@@ -231,6 +239,10 @@ def load_sharded(directory: str | Path, head, optimizer=None) -> None:
         raise ValueError(f"the checkpoint in {directory} has {num_classes} classes, "
                          f"the head has {head.num_classes}")
     parts = _block(directory, head.start, head.stop)
+    saved_k, k = parts[0][0].get("rows_per_class", 1), getattr(head, "rows_per_class", 1)
+    if saved_k != k:
+        raise ValueError(f"the checkpoint in {directory} has {saved_k} weight row(s) per class "
+                         f"(sub-centres), the head has {k}")
     dim = parts[0][0]["weight"].shape[1]
     if dim != head.weight.shape[1]:
         raise ValueError(f"the checkpoint in {directory} has embedding_dim {dim}, the head has "

@@ -28,10 +28,12 @@ from .sharding import class_range
 
 class ShardedHead(nn.Module):
     """``weight`` (stop - start, D) holds this rank's classes [start, stop) in class order
-    (sharding.py), drawn as a xavier_normal_ of the full (C, D) matrix. Subclasses define
-    ``sharded_loss``. sample_rate, seed: Partial FC sampling (``sampled_rows`` holds the rows
-    of ``weight`` used by the last forward; the ``step`` buffer fixes each step's sample).
-    impl, block_size: how each shard's softmax runs (sharded_loss.py)."""
+    (sharding.py), drawn as a xavier_normal_ of the full (C, D) matrix; with rows_per_class
+    K > 1 (sub-centres) it is ((stop - start) K, D), class c in rows cK ... cK + K - 1.
+    Subclasses define ``sharded_loss``. sample_rate, seed: Partial FC sampling over classes
+    (``sampled_rows`` holds the rows of ``weight`` used by the last forward; the ``step``
+    buffer fixes each step's sample). impl, block_size: how each shard's softmax runs
+    (sharded_loss.py)."""
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class ShardedHead(nn.Module):
         seed: int = 0,
         block_size: int | None = None,
         impl: str = "auto",
+        rows_per_class: int = 1,
     ) -> None:
         super().__init__()
         embedding_dim = check_positive_int("embedding_dim", embedding_dim)
@@ -59,9 +62,10 @@ class ShardedHead(nn.Module):
         self.impl = check_impl(impl)
         self.rank, self.world_size = rank_and_world_size(group)
         self.start, self.stop = class_range(num_classes, self.world_size, self.rank)
-        self.weight = nn.Parameter(torch.empty(self.stop - self.start, embedding_dim))
-        # xavier_normal_ of the full (C, D) matrix, drawn shard by shard
-        nn.init.normal_(self.weight, std=math.sqrt(2.0 / (num_classes + embedding_dim)))
+        self.rows_per_class = k = check_positive_int("rows_per_class", rows_per_class)
+        self.weight = nn.Parameter(torch.empty((self.stop - self.start) * k, embedding_dim))
+        # xavier_normal_ of the full (C K, D) matrix, drawn shard by shard
+        nn.init.normal_(self.weight, std=math.sqrt(2.0 / (num_classes * k + embedding_dim)))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.sampled_rows: torch.Tensor | None = None  # rows of weight used by the last step
 
@@ -87,9 +91,12 @@ class ShardedHead(nn.Module):
         weight = self.weight
         if self.sample_rate < 1 and self.training:
             generator = step_generator(self.seed, int(self.step), self.start, weight.device)
-            rows = sample_rows(local_target, weight.shape[0], self.sample_rate, generator)
-            self.sampled_rows = rows  # (K,)
-            weight, local_target = weight[rows], remap_targets(local_target, rows)
+            kept = sample_rows(local_target, self.stop - self.start, self.sample_rate,
+                               generator)  # (S,) classes of this block
+            k = self.rows_per_class
+            rows = (kept[:, None] * k + torch.arange(k, device=kept.device)).view(-1)  # (S K,)
+            self.sampled_rows = rows
+            weight, local_target = weight[rows], remap_targets(local_target, kept)
             self.step += 1
         else:
             self.sampled_rows = None

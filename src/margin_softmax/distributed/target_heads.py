@@ -28,8 +28,11 @@ from ..functional import compute_dtype, normalize, target_cosines
 from ..heads.adacos import AdaptiveScale
 from ..heads.adaface import AdaFaceRule
 from ..heads.curricularface import CurricularFaceRule
+from ..heads.eager import ARC_FALLBACKS, check_choice, check_float
 from ..heads.elastic import ElasticArcRule, ElasticCosRule
 from ..heads.magface import MagFaceRule
+from ..margins import Margin, apply_margin
+from ..validation import check_positive_int
 from .comm import all_gather_stack
 from .replicated import gather_twice, sum_over_ranks
 from .shard_classes import ShardClasses
@@ -38,10 +41,15 @@ from .sharded_loss import use_triton
 from .sharded_target_loss import sharded_target_cross_entropy
 
 
-def owned_target_cosines(x: torch.Tensor, weight: torch.Tensor, local_target: torch.Tensor):
-    """cos(x_i, w_{t_i}) (N,) where local_target_i >= 0, 0 elsewhere; differentiable."""
+def owned_target_cosines(x: torch.Tensor, weight: torch.Tensor, local_target: torch.Tensor,
+                         sub_centers: int = 1):
+    """cos(x_i, w_{t_i}) (N,) where local_target_i >= 0, 0 elsewhere; differentiable. With K
+    sub-centres, the max over the K rows of class t_i (the gradient goes to the best)."""
     owned = (local_target >= 0).nonzero().view(-1)  # (M,)
-    cos = target_cosines(x[owned], weight, local_target[owned])  # (M,)
+    k = sub_centers
+    rows = (local_target[owned, None] * k + torch.arange(k, device=owned.device)).view(-1)
+    x_owned = x[owned].repeat_interleave(k, dim=0)  # (M K, D)
+    cos = target_cosines(x_owned, weight, rows).view(-1, k).max(1).values  # (M,)
     return cos.new_zeros(x.shape[0]).index_put((owned,), cos)  # (N,)
 
 
@@ -86,7 +94,8 @@ class TargetPartialFC(ShardedHead):
         if layout.embeddings_need_grad and torch.is_grad_enabled() and not x.requires_grad:
             x = x.detach().requires_grad_()  # its backward's collective must run on every rank
         replicated, partitioned = gather_twice(x, layout.sizes, self.group)  # (N, D) each
-        cos = owned_target_cosines(partitioned, weight, local_target)  # (N,)
+        cos = owned_target_cosines(partitioned, weight, local_target,
+                                   self.rows_per_class)  # (N,)
         cos = sum_over_ranks(cos, self.group)  # (N,)
         if self.training:
             with torch.no_grad():
@@ -200,3 +209,42 @@ class AdaCosPartialFC(AdaptiveScale, TargetPartialFC):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dynamic={self.dynamic}"
+
+
+class SubCenterArcFacePartialFC(TargetPartialFC):
+    """Sharded Sub-center ArcFace (heads/subcenter.py: m = 0.5, s = 64, K = 3, the seed
+    fallback): ``weight`` ((stop - start) K, D), class c in rows cK ... cK + K - 1, the
+    single-device head's order, so load_full gives its weight. cos_ij = the max over class
+    j's K sub-centres, the target s psi(cos_iy) (ArcFace). Class sampling keeps or drops a
+    class's K rows together. Without WeSpeaker's inter-top-k penalty (a selection over all
+    classes of a row) and without a Triton path."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, margin: float = 0.5,
+                 scale: float = 64.0, sub_centers: int = 3, fallback: str = "seed",
+                 straight_through: bool = False, **sharding) -> None:
+        if sharding.get("impl") == "triton":
+            raise ValueError("SubCenterArcFacePartialFC has no Triton path; use impl='auto' "
+                             "or 'chunked'")
+        sub_centers = check_positive_int("sub_centers", sub_centers)
+        super().__init__(embedding_dim, num_classes, scale=scale, rows_per_class=sub_centers,
+                         **sharding)
+        check_choice("fallback", fallback, ARC_FALLBACKS)
+        self.sub_centers, self.margin = sub_centers, margin
+        self.fallback, self.straight_through = fallback, straight_through
+        self.margin_spec()
+
+    def margin_spec(self) -> Margin:
+        """The target's Margin (validates ``margin``, which a scheduler may change)."""
+        check_float("margin", self.margin, 0.0, torch.pi, high_open=True)
+        fallback = "none" if self.margin == 0 else self.fallback
+        return Margin(m2=self.margin, fallback=fallback, straight_through=self.straight_through)
+
+    def target_logit(self, cos_target, embeddings):
+        return self.scale * apply_margin(cos_target, self.margin_spec())
+
+    def shard_classes(self, weight, local_target, cos) -> ShardClasses:
+        return ShardClasses(local_target, self.block_size, sub_centers=self.sub_centers)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, margin={self.margin}, sub_centers={self.sub_centers}, "
+                f"fallback={self.fallback!r}")
