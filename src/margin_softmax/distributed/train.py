@@ -55,6 +55,7 @@ from .target_heads import (
     ElasticArcFacePartialFC,
     ElasticCosFacePartialFC,
     MagFacePartialFC,
+    SubCenterArcFacePartialFC,
 )
 
 MARGINS = {  # (m1, m2, m3)
@@ -68,6 +69,7 @@ TARGET_HEADS = {  # name -> (sharded head, its margin keywords)
     "adaface": (AdaFacePartialFC, {"margin": 0.3}),
     "curricularface": (CurricularFacePartialFC, {"margin": 0.3}),
     "magface": (MagFacePartialFC, {}),
+    "subcenter-arcface": (SubCenterArcFacePartialFC, {"margin": 0.3}),
     "elastic-arcface": (ElasticArcFacePartialFC, {"margin": 0.3}),
     "elastic-cosface": (ElasticCosFacePartialFC, {"margin": 0.3}),
 }
