@@ -76,13 +76,18 @@ class ShardedHead(nn.Module):
         local_target (N,) each label's row in ``weight`` or -1."""
         raise NotImplementedError
 
+    def check_parameters(self) -> None:
+        """Raise TypeError or ValueError for a bad parameter (a scheduler's), on this rank;
+        the handshake turns it into the same error on every rank, before any state moves."""
+
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor):
         x, amp_dtype = local_embeddings, None
         if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
             amp_dtype = torch.get_autocast_dtype(x.device.type)  # the matmuls in it, loss fp32
             x = x.to(amp_dtype)
         like = self.weight if amp_dtype is None else self.weight[:0].to(amp_dtype)  # (0, D)
-        layout = handshake(x, local_labels, like, self.num_classes, self.group)
+        layout = handshake(x, local_labels, like, self.num_classes, self.group,
+                           self.check_parameters)
         if layout.total == 0:  # no sample anywhere: a zero that keeps the graph
             return (x.sum() + self.weight.sum()) * 0
         labels = gather_rows(local_labels.long(), layout.sizes, self.group)  # (N,)

@@ -28,7 +28,7 @@ from ..functional import compute_dtype, normalize, target_cosines
 from ..heads.adacos import AdaptiveScale
 from ..heads.adaface import AdaFaceRule
 from ..heads.curricularface import CurricularFaceRule
-from ..heads.eager import ARC_FALLBACKS, check_choice, check_float
+from ..heads.eager import ARC_FALLBACKS, check_choice, check_float, check_rule
 from ..heads.elastic import ElasticArcRule, ElasticCosRule
 from ..heads.magface import MagFaceRule
 from ..margins import Margin, apply_margin
@@ -89,6 +89,9 @@ class TargetPartialFC(ShardedHead):
         non_target = self.non_target(cos.detach())
         triton = non_target is None and use_triton(self.impl, weight)  # the kernels have no f
         return ShardClasses(local_target, self.block_size, triton, non_target)
+
+    def check_parameters(self) -> None:
+        check_rule(self)
 
     def sharded_loss(self, x, weight, labels, local_target, layout):
         if layout.embeddings_need_grad and torch.is_grad_enabled() and not x.requires_grad:

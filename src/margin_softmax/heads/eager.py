@@ -96,6 +96,16 @@ def check_float(name: str, value, low: float = -math.inf, high: float = math.inf
     return float(value)
 
 
+def check_rule(head) -> None:
+    """Raise the ValueError of a bad margin parameter (a scheduler may have set one) before a
+    forward moves any running state: the eval-view target logit of one dummy sample, whose
+    rule validates its parameters (no draws, no state change)."""
+    device = head.weight.device
+    with torch.no_grad():
+        head.target_logit(torch.zeros(1, device=device),
+                          torch.ones(1, head.embedding_dim, device=device))
+
+
 class EagerHead(ClassCentresHead):
     """A scaled-cosine head whose loss is cross_entropy(training_logits, labels) over the
     materialised (N, C) logits. Subclasses define ``training_logits`` (a pure function of
@@ -193,6 +203,7 @@ class TargetLogitHead(EagerHead):
         embeddings, weight, labels, out_dtype = self._inputs(embeddings, labels)
         if embeddings.shape[0] == 0:
             return (embeddings.sum() * 0 + weight.sum() * 0).to(out_dtype)
+        check_rule(self)  # before update_state: a bad margin moves no state
         cos_target = target_cosines(embeddings, weight, labels)  # (N,)
         if self.training:
             with torch.no_grad():
