@@ -205,7 +205,7 @@ def test_checkpoint_round_trip_with_a_single_process_head(tmp_path):
 def test_autocast_takes_half_embeddings_from_the_backbone_and_returns_a_float32_loss():
     x, labels, weight = _data()
     backbone = torch.nn.Linear(5, 5)
-    head, single = ArcFacePartialFC(5, 13), ms.ArcFace(5, 13, impl="eager")
+    head, single = ArcFacePartialFC(5, 13), ms.ArcFace(5, 13, impl="chunked")
     for h in (head, single):
         with torch.no_grad():
             h.weight.copy_(weight.float())
@@ -213,7 +213,8 @@ def test_autocast_takes_half_embeddings_from_the_backbone_and_returns_a_float32_
         embeddings = backbone(x.float())  # bfloat16; the head's weight is float32
         loss, ref = head(embeddings, labels), single(embeddings, labels)
     assert embeddings.dtype == torch.bfloat16 and loss.dtype == torch.float32
-    torch.testing.assert_close(loss, ref, rtol=2e-2, atol=0)
+    # the float32 loss, not its bfloat16 rounding (2^-9 relative), as the single-device head
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=0)
     loss.backward()
     assert head.weight.grad.dtype == torch.float32 and backbone.weight.grad is not None
 

@@ -129,6 +129,8 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(embeddings, weight, local_target, x_hat, t, dpsi, lse, gap)
         ctx.layout, ctx.scale, ctx.group, ctx.block_size = layout, scale, group, block_size
         ctx.triton = triton
+        if torch.is_autocast_enabled(embeddings.device.type):
+            return loss  # float32 under autocast, as the single-device path returns it
         return loss.to(embeddings.dtype)
 
     @staticmethod

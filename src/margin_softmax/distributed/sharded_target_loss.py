@@ -59,6 +59,8 @@ class ShardedTargetCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(weight, x_hat, norm, lse, gap)
         ctx.shard, ctx.scale = shard, scale
         ctx.x_dtype, ctx.t_dtype = x.dtype, target_logit.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            return loss  # float32 under autocast, as the single-device path returns it
         return loss.to(x.dtype)
 
     @staticmethod
