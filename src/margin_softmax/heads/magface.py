@@ -18,6 +18,17 @@ import torch
 from .eager import TargetLogitHead, arc_margin, check_choice, check_float
 
 
+def margin_bounds(l_margin: float, u_margin: float) -> tuple[float, float]:
+    """(l_margin, u_margin) as floats in [0, pi), l_margin <= u_margin; the ValueError of a
+    wrong order names both (a scheduler may move either one past the other)."""
+    low = check_float("l_margin", l_margin, 0.0, math.pi, high_open=True)
+    high = check_float("u_margin", u_margin, 0.0, math.pi, high_open=True)
+    if high < low:
+        raise ValueError(f"l_margin must be <= u_margin, got l_margin={low!r} > "
+                         f"u_margin={high!r} (the margin would shrink as |x| grows)")
+    return low, high
+
+
 class MagFaceRule:
     """MagFace's target logit and regulariser, shared by the single-device head and the
     class-sharded one (distributed/target_heads.py). No running state. The head sets
@@ -28,8 +39,7 @@ class MagFaceRule:
                   lambda_g: float, fallback: str) -> None:
         self.l_a = check_float("l_a", l_a, 0.0, low_open=True)
         self.u_a = check_float("u_a", u_a, self.l_a, low_open=True)
-        self.l_margin = check_float("l_margin", l_margin, 0.0, math.pi, high_open=True)
-        self.u_margin = check_float("u_margin", u_margin, self.l_margin, math.pi, high_open=True)
+        self.l_margin, self.u_margin = margin_bounds(l_margin, u_margin)
         self.lambda_g = check_float("lambda_g", lambda_g, 0.0)
         check_choice("fallback", fallback, ("easy", "seed"))
         self.fallback = fallback
@@ -53,8 +63,7 @@ class MagFaceRule:
     def margins(self, a: torch.Tensor) -> torch.Tensor:
         """m(a), linear from l_margin at l_a to u_margin at u_a (N,). The bounds are checked
         here too: a MarginScheduler may change either."""
-        low = check_float("l_margin", self.l_margin, 0.0, math.pi, high_open=True)
-        high = check_float("u_margin", self.u_margin, low, math.pi, high_open=True)
+        low, high = margin_bounds(self.l_margin, self.u_margin)
         slope = (high - low) / (self.u_a - self.l_a)
         return low + slope * (a - self.l_a)
 
