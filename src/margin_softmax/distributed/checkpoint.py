@@ -257,12 +257,12 @@ def load_sharded(directory: str | Path, head, optimizer=None) -> None:
     saved = parts[0][0].get("state")
     if saved is not None:
         _check_state(saved, head, parts[0][0]["path"])
+    if saved:  # first: a state that refuses this head (ElasticFace's kind) loads nothing
+        head.load_state_dict(saved, strict=False)
     with torch.no_grad():
         head.weight.copy_(torch.cat([record["weight"][rows] for record, rows in parts]))
         if "step" in parts[0][0] and hasattr(head, "step"):
             head.step.fill_(parts[0][0]["step"])
-    if saved:
-        head.load_state_dict(saved, strict=False)
     if state is not None:
         optimizer.state[head.weight] = state
 

@@ -93,10 +93,16 @@ class ElasticRule:
             m = plus_margins(m, cos_target.detach(), self.plus_order)  # (N,)
         return self.scale * self.margin_target(cos_target, m)
 
+    KIND = ""  # the target's kind, saved with the generator: Arc and Cos states look alike
+
     def get_extra_state(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "kind": self.KIND}
 
     def set_extra_state(self, state: dict) -> None:
+        kind = state.get("kind", self.KIND)  # states saved before 2026-11-30 have no kind
+        if kind != self.KIND:
+            raise ValueError(f"this state was saved by an {kind} head, and this is an "
+                             f"{self.KIND} head: a checkpoint of another kind of head")
         self.generator.set_state(state["generator"])
 
     def extra_repr(self) -> str:
@@ -106,6 +112,8 @@ class ElasticRule:
 
 class ElasticArcRule(ElasticRule):
     """ElasticFace-Arc's target: cos(theta + m_i), with ArcFace's fallbacks."""
+
+    KIND = "ElasticFace-Arc"
 
     def init_fallback(self, fallback: str) -> None:
         check_choice("fallback", fallback, ARC_FALLBACKS)
@@ -117,6 +125,8 @@ class ElasticArcRule(ElasticRule):
 
 class ElasticCosRule(ElasticRule):
     """ElasticFace-Cos's target: cos - m_i."""
+
+    KIND = "ElasticFace-Cos"
 
     def margin_target(self, cos_target, m):
         return cos_target - m
