@@ -3,8 +3,8 @@ ElasticArcFacePartialFC, ElasticCosFacePartialFC), as a user training them would
 
 World size 1 (no process group) runs against the single-device heads; the multi-rank cases
 run in ONE spawn of 3 gloo ranks (module fixture) and are compared here with the
-single-device heads on the global batch. Tests marked ``# DEFECT`` fail on purpose until
-the defect they name is fixed.
+single-device heads on the global batch. Tests marked ``# Was a defect`` failed on
+the code before their fix.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_eval_and_no_grad_evaluation_leave_the_running_state_alone(name):
     assert loud.item() == pytest.approx(step(reference, x, labels, "eval")[0], rel=1e-12)
 
 
-# DEFECT: under CPU bfloat16 autocast the float32 loss is the bfloat16-rounded value
+# Was a defect (fixed): under CPU bfloat16 autocast the float32 loss is the bfloat16-rounded value
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", NAMES)
 def test_autocast_returns_the_float32_loss_of_the_single_device_head(name, mode):
@@ -231,7 +231,7 @@ def test_a_bad_scheduled_margin_is_a_value_error_naming_it(name, attribute, valu
         head(*batch(60, 9, 13))
 
 
-# DEFECT: l_margin scheduled above u_margin raises an error that names u_margin only
+# Was a defect (fixed): l_margin scheduled above u_margin raises an error that names u_margin only
 def test_magface_l_margin_scheduled_above_u_margin_names_l_margin():
     head = sharded("magface", full_weight(6, 13))
     MarginScheduler(head, iterations_per_epoch=1, increase_start_epoch=1, fix_start_epoch=1,
@@ -240,7 +240,8 @@ def test_magface_l_margin_scheduled_above_u_margin_names_l_margin():
         head(*batch(61, 9, 13))
 
 
-# DEFECT: a forward that raises (a bad margin) has already moved AdaFace's EMAs and `step`
+# Was a defect (fixed): a forward that raises (a bad margin) has already moved AdaFace's EMAs and
+# `step`
 def test_a_forward_that_raises_leaves_the_running_state_alone():
     head = sharded("adaface", full_weight(7, 13), sample_rate=0.5)
     before = {**state_of(head), "step": head.step.clone()}
@@ -409,7 +410,8 @@ def test_a_checkpoint_of_another_head_kind_is_refused(saved, loaded, tmp_path):
     load_into_another_kind(saved, loaded, tmp_path)
 
 
-# DEFECT: ElasticFace-Arc and -Cos checkpoints both hold a generator: each loads silently
+# Was a defect (fixed): ElasticFace-Arc and -Cos checkpoints both hold a generator: each loads
+# silently
 # into the other kind (the shard files do not record the head's kind)
 @pytest.mark.parametrize("saved,loaded", [ELASTIC, ELASTIC[::-1]])
 def test_an_elastic_checkpoint_is_refused_by_the_other_elastic_head(saved, loaded, tmp_path):
@@ -752,7 +754,8 @@ def test_sampled_training_checkpoint_loads_into_one_process_with_its_momentum(ra
         assert_states_equal(result["state"], state_of(head))
 
 
-# DEFECT: a bad margin on one rank only: that rank raises, the others hang until the timeout
+# Was a defect (fixed): a bad margin on one rank only: that rank raises, the others hang until the
+# timeout
 def test_a_bad_margin_on_one_rank_is_a_value_error_on_every_rank(ranks):
     late = ranks["late"]
     assert all(r is not None for r in late), ranks["exit_codes"]
@@ -762,7 +765,8 @@ def test_a_bad_margin_on_one_rank_is_a_value_error_on_every_rank(ranks):
         assert seconds < 2.0, (rank, seconds)
 
 
-# DEFECT: heads of different dtypes on different ranks abort gloo (SIGABRT) in the all-gather
+# Was a defect (fixed): heads of different dtypes on different ranks abort gloo (SIGABRT) in the
+# all-gather
 def test_heads_of_different_dtypes_are_a_value_error_on_every_rank(ranks):
     assert ranks["exit_codes"] == [0] * WORLD
     for rank, result in enumerate(ranks["dtype"]):
