@@ -20,8 +20,9 @@ from .sweeps import RowSide, gradient_sweep, lse_sweep
 from .tiles import ClassTiles, matmul_dtype
 
 
-def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size, non_target=None):
-    acc, mm = compute_dtype(weight.dtype), matmul_dtype(weight.dtype)
+def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size, non_target=None,
+           mm=None):
+    acc, mm = compute_dtype(weight.dtype), mm or matmul_dtype(weight.dtype)
     r = row_scale.to(acc)
     rows = RowSide(
         x=x_hat.to(mm),
@@ -32,7 +33,7 @@ def _sides(x_hat, weight, local_target, target_logit, row_scale, block_size, non
         non_target=non_target,
     )
     block = block_size or tile_classes(x_hat.shape[0], tile_bytes(False, x_hat.device.type))
-    return ClassTiles(weight, block), rows
+    return ClassTiles(weight, block, mm=mm), rows
 
 
 @torch.no_grad()
@@ -46,14 +47,17 @@ def shard_logsumexp(
     *,
     with_target: bool = True,
     non_target=None,
+    matmul_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """lse (N,) over this shard's classes of r_i * cos_ij, the target class (local_target,
     -1 where another shard owns it) holding target_logit; with_target=False, over the other
     classes only (the caller adds the target: exact for confident rows). x_hat (N, D) unit
     rows, weight (C_r, D) raw, row_scale (N,). -inf for an empty shard. Compute dtype.
-    non_target: None, or the transform r_i f_i(cos_ij) of functional.target_cross_entropy."""
+    non_target: None, or the transform r_i f_i(cos_ij) of functional.target_cross_entropy.
+    matmul_dtype: the tiles' matmul dtype (float32 for a statistic of half weights; default:
+    the weight's, float16 as float32)."""
     classes, rows = _sides(x_hat, weight, local_target, target_logit, row_scale, block_size,
-                           non_target)
+                           non_target, matmul_dtype)
     return lse_sweep(classes, rows, with_target)
 
 

@@ -20,7 +20,9 @@ def matmul_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class ClassTiles:
-    """weight (C, D) raw; tile: classes per tile; bias (C,) or None (plain softmax only)."""
+    """weight (C, D) raw; tile: classes per tile; bias (C,) or None (plain softmax only);
+    mm: the matmul dtype, matmul_dtype(weight.dtype) unless given (float32: each tile is
+    cast, never the whole weight)."""
 
     def __init__(
         self,
@@ -28,10 +30,11 @@ class ClassTiles:
         tile: int,
         normalized: bool = True,
         bias: torch.Tensor | None = None,
+        mm: torch.dtype | None = None,
     ) -> None:
         self.weight, self.tile = weight, max(1, int(tile))
         self.num_classes = weight.shape[0]
-        self.acc, self.mm = compute_dtype(weight.dtype), matmul_dtype(weight.dtype)
+        self.acc, self.mm = compute_dtype(weight.dtype), mm or matmul_dtype(weight.dtype)
         self.bias = None if bias is None else bias.to(self.acc)
         self.norm = self.inv_norm = self._work = None
         if normalized:

@@ -53,6 +53,25 @@ def owned_target_cosines(x: torch.Tensor, weight: torch.Tensor, local_target: to
     return cos.new_zeros(x.shape[0]).index_put((owned,), cos)  # (N,)
 
 
+def state_fingerprint(head: torch.nn.Module) -> torch.Tensor:
+    """(3,) float64: the count, sum and position-weighted sum of every value in the head's
+    state_dict but its weight (running state, the generator's bytes, the sampling step):
+    the same size for any head, equal on ranks whose state is equal."""
+    values = []
+
+    def add(value):
+        if isinstance(value, dict):
+            for key in sorted(value):
+                add(value[key])
+        elif torch.is_tensor(value):
+            values.append(value.detach().reshape(-1).double().cpu())
+
+    add({key: value for key, value in head.state_dict().items() if key != "weight"})
+    flat = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+    position = torch.arange(1, flat.numel() + 1, dtype=torch.float64)
+    return torch.stack([torch.tensor(float(flat.numel())), flat.sum(), (flat * position).sum()])
+
+
 class TargetPartialFC(ShardedHead):
     """A sharded head with a per-sample target logit t_i = target_logit(cos_iy, x_i) and
     logit_ij = scale * cos_ij elsewhere. Subclasses (a rule mixin first) define
@@ -93,7 +112,21 @@ class TargetPartialFC(ShardedHead):
     def check_parameters(self) -> None:
         check_rule(self)
 
+    def check_same_state(self) -> None:
+        """The same ValueError on every rank when the ranks' running state differs (t or the
+        scale loaded or scheduled on some ranks only): such state need not show in the
+        target logits (CurricularFace's t, AdaCos's scale before its update)."""
+        table = all_gather_stack(state_fingerprint(self).to(self.weight.device), self.group)
+        differ = (~torch.isclose(table, table[:1], rtol=0.0, atol=0.0, equal_nan=True)).any(1)
+        if bool(differ.any()):
+            raise ValueError(
+                f"the ranks' running state differs (rank(s) {differ.nonzero().view(-1).tolist()} "
+                "differ from rank 0): a checkpoint, load_state_dict or scheduler applied on "
+                "some ranks only"
+            )
+
     def sharded_loss(self, x, weight, labels, local_target, layout):
+        self.check_same_state()  # before any state moves
         if layout.embeddings_need_grad and torch.is_grad_enabled() and not x.requires_grad:
             x = x.detach().requires_grad_()  # its backward's collective must run on every rank
         replicated, partitioned = gather_twice(x, layout.sizes, self.group)  # (N, D) each
@@ -188,7 +221,7 @@ class AdaCosPartialFC(AdaptiveScale, TargetPartialFC):
 
     def __init__(self, embedding_dim: int, num_classes: int, *, scale: float | None = None,
                  dynamic: bool = True, **sharding) -> None:
-        fixed = self.fixed_scale(num_classes)
+        fixed, dynamic = self.fixed_scale(num_classes), self.check_dynamic(dynamic)
         super().__init__(embedding_dim, num_classes, scale=fixed if scale is None else scale,
                          **sharding)
         if dynamic and self.sample_rate < 1:
@@ -203,10 +236,11 @@ class AdaCosPartialFC(AdaptiveScale, TargetPartialFC):
     def update_sharded_state(self, cos, labels, rows, weight, local_target) -> None:
         if not self.dynamic:
             return
-        x_hat = normalize(rows.to(compute_dtype(rows.dtype)))  # (N, D)
-        r = torch.full_like(x_hat[:, 0], self.scale)  # (N,) s_old
-        other = shard_logsumexp(x_hat, weight, local_target, r, r, self.block_size,
-                                with_target=False)  # (N,) this shard's non-target classes
+        with torch.autocast(rows.device.type, enabled=False):  # a float32 statistic
+            x_hat = normalize(rows.to(compute_dtype(rows.dtype)))  # (N, D)
+            r = torch.full_like(x_hat[:, 0], self.scale)  # (N,) s_old
+            other = shard_logsumexp(x_hat, weight, local_target, r, r, self.block_size,
+                                    with_target=False, matmul_dtype=x_hat.dtype)  # (N,)
         everything = all_gather_stack(other, self.group).logsumexp((0, 1))  # over all (i, j)
         self.set_dynamic_scale(everything - math.log(rows.shape[0]), cos)
 

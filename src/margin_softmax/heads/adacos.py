@@ -17,7 +17,7 @@ import torch
 
 from ..functional import AUTO_CHUNK_ELEMENTS, autocast_inputs, normalize
 from ..margins import Margin
-from ..validation import check_embeddings, check_labels, check_scale
+from ..validation import MAX_SCALE, check_embeddings, check_labels, check_scale
 from .base import MarginHead
 from .float64_state import Float64State, state_update
 
@@ -42,6 +42,12 @@ class AdaptiveScale(Float64State):
             self.register_buffer("adaptive_scale", torch.tensor(value, dtype=torch.float64))
 
     @staticmethod
+    def check_dynamic(dynamic) -> bool:
+        if not isinstance(dynamic, bool):  # "False" from a config would mean True
+            raise TypeError(f"dynamic must be a bool, got {dynamic!r}")
+        return dynamic
+
+    @staticmethod
     def fixed_scale(num_classes: int) -> float:
         """The paper's fixed s = sqrt(2) log(C - 1); C >= 3."""
         if num_classes < 3:
@@ -53,11 +59,11 @@ class AdaptiveScale(Float64State):
 
     def set_dynamic_scale(self, log_b_avg: torch.Tensor, cos_target: torch.Tensor) -> float:
         """s = log(B_avg) / cos(min(pi/4, theta_med)) from log B_avg (0-d) and the batch's
-        target cosines (N,); a result that is not a finite positive number leaves the scale
-        unchanged. Returns the scale."""
+        target cosines (N,); a result outside check_scale's (0, MAX_SCALE] (or not finite)
+        leaves the scale unchanged. Returns the scale."""
         theta_med = torch.acos(cos_target.clamp(-1.0, 1.0)).median()
         new = float(log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4)))
-        if math.isfinite(new) and new > 0:
+        if math.isfinite(new) and 0 < new <= MAX_SCALE:
             self.scale = new
         return self.scale
 
@@ -82,7 +88,7 @@ class AdaCos(AdaptiveScale, MarginHead):
         fixed = self.fixed_scale(num_classes)
         if scale is None:
             self.scale = fixed
-        self.dynamic = dynamic
+        self.dynamic = self.check_dynamic(dynamic)
 
     def margin_spec(self) -> Margin:
         return Margin()
@@ -106,11 +112,12 @@ class AdaCos(AdaptiveScale, MarginHead):
         n, s_old = x.shape[0], self.scale
         block = max(1, AUTO_CHUNK_ELEMENTS // n)
         lse = torch.full((), -math.inf, dtype=x.dtype, device=x.device)
-        for start in range(0, self.num_classes, block):
-            cos = x @ normalize(w[start : start + block]).t()  # (N, B)
-            inside = (labels >= start) & (labels < start + cos.shape[1])  # target in block
-            cos[inside, (labels - start)[inside]] = -math.inf
-            lse = torch.logaddexp(lse, torch.logsumexp(s_old * cos, dim=(0, 1)))
+        with torch.autocast(x.device.type, enabled=False):  # a float32 statistic
+            for start in range(0, self.num_classes, block):
+                cos = x @ normalize(w[start : start + block]).t()  # (N, B)
+                inside = (labels >= start) & (labels < start + cos.shape[1])  # target here
+                cos[inside, (labels - start)[inside]] = -math.inf
+                lse = torch.logaddexp(lse, torch.logsumexp(s_old * cos, dim=(0, 1)))
         cos_target = (x * normalize(w[labels])).sum(1)  # (N,)
         return self.set_dynamic_scale(lse - math.log(n), cos_target)
 
