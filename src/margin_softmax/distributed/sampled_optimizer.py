@@ -9,9 +9,11 @@ wrapper runs the wrapped optimizer's own step on the sampled rows only:
     weight[rows] = sub; state(weight)[rows] = state(sub)
 
 so the other rows and their optimizer state stay bit-for-bit unchanged, whatever the rule
-(SGD, momentum, weight decay, Adam, AdamW). ``rows`` also takes every row with a non-zero
-gradient, so gradient accumulation over several forwards (several samples) before one step
-updates the union of their samples. State tensors shaped like the weight are sliced;
+(SGD, momentum, weight decay, Adam, AdamW). ``rows`` is the union of the samples of every
+forward since the last step or zero_grad (``head.rows_since_step``; gradient accumulation
+over micro-batches, each with its own sample), and of every row with a non-zero gradient. A
+sampled row whose gradient is exactly zero (a sub-centre that was nobody's best) still
+steps: it was part of the loss. State tensors shaped like the weight are sliced;
 other state (Adam's step count) is shared by the whole weight. Every other parameter of the
 optimizer (the backbone) takes its usual step in the same call.
 """
@@ -36,17 +38,27 @@ class SampledRowsOptimizer:
         if self.group is None:
             raise ValueError("the head's weight is not among the optimizer's parameters")
 
-    def __getattr__(self, name: str):  # zero_grad, state_dict, param_groups, ...
+    def __getattr__(self, name: str):  # state_dict, param_groups, ...
         return getattr(self.optimizer, name)
 
+    def _pending(self) -> list:
+        return getattr(self.head, "rows_since_step", [])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._pending().clear()  # the samples of a discarded accumulation do not step
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
     def step(self, closure=None):
-        rows, weight = self.head.sampled_rows, self.head.weight
-        if rows is None or weight.grad is None:
+        rows, weight, pending = self.head.sampled_rows, self.head.weight, self._pending()
+        if weight.grad is None or (rows is None and not pending):
+            pending.clear()
             return self.optimizer.step(closure)
-        # rows with a gradient from earlier forwards since zero_grad (gradient accumulation
-        # over micro-batches, each with its own sample) step too, not only the last sample
+        # every sample since the last step (gradient accumulation over micro-batches, each
+        # with its own sample) and every row with a gradient steps, not only the last sample
         touched = weight.grad.any(dim=1)  # (C_r,)
-        touched[rows] = True
+        for sample in [*pending, *([] if rows is None else [rows])]:
+            touched[sample] = True
+        pending.clear()
         rows = touched.nonzero().squeeze(1)  # (K,) sorted
         params = self.group["params"]
         slot = next(i for i, p in enumerate(params) if p is weight)

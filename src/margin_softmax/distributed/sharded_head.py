@@ -68,6 +68,7 @@ class ShardedHead(nn.Module):
         nn.init.normal_(self.weight, std=math.sqrt(2.0 / (num_classes * k + embedding_dim)))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.sampled_rows: torch.Tensor | None = None  # rows of weight used by the last step
+        self.rows_since_step: list[torch.Tensor] = []  # every sample since the optimizer's
 
     def sharded_loss(self, x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                      local_target: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
@@ -101,6 +102,7 @@ class ShardedHead(nn.Module):
             k = self.rows_per_class
             rows = (kept[:, None] * k + torch.arange(k, device=kept.device)).view(-1)  # (S K,)
             self.sampled_rows = rows
+            self.rows_since_step.append(rows)  # gradient accumulation: SampledRowsOptimizer
             weight, local_target = weight[rows], remap_targets(local_target, kept)
             self.step += 1
         else:
