@@ -26,6 +26,17 @@ def _env(**extra: str) -> dict:
     return {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **extra}
 
 
+def _torchrun(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a torchrun command line; once more if a rank died of SIGABRT. gloo's teardown
+    (destroy_process_group) aborts a process now and then on torch 2.13: about 1 run in 12 in
+    benchmarks/distributed_scaling.py, rarer here. A deterministic abort still fails twice."""
+    for _ in range(2):
+        done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120)
+        if done.returncode == 0 or "SIGABRT" not in done.stderr:
+            break
+    return done
+
+
 def test_torchrun_two_ranks_trains_and_saves_every_shard(tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -34,7 +45,7 @@ def test_torchrun_two_ranks_trains_and_saves_every_shard(tmp_path):
         "--batch-size", "32", "--sample-rate", "0.5", "--log-every", "39",
         "--timeout", "30", "--save", str(tmp_path),
     ]
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120)
+    done = _torchrun(command)
     assert done.returncode == 0, done.stderr[-2000:]
     losses = [float(v) for v in re.findall(r"loss (\S+) .* world 2", done.stdout)]
     assert len(losses) == 2 and losses[1] < 0.5 * losses[0], done.stdout
@@ -54,7 +65,7 @@ def test_torchrun_adaface_trains_and_saves_its_running_state(tmp_path):
         "--steps", "40", "--batch-size", "32", "--log-every", "39", "--timeout", "30",
         "--save", str(tmp_path),
     ]
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120)
+    done = _torchrun(command)
     assert done.returncode == 0, done.stderr[-2000:]
     losses = [float(v) for v in re.findall(r"loss (\S+) .* world 2", done.stdout)]
     assert len(losses) == 2 and losses[1] < 0.5 * losses[0], done.stdout
