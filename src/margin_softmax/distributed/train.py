@@ -107,8 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=positive_int, default=100)
     p.add_argument("--lr", type=positive_float, default=0.05)
     p.add_argument("--loss", choices=sorted([*MARGINS, *TARGET_HEADS]), default="arcface")
-    p.add_argument("--scale", type=_checked(check_scale), default=None,
-                   help="30; for adacos its starting scale (default sqrt(2) log(C - 1))")
+    p.add_argument("--scale", type=_checked(check_scale), default=30.0,
+                   help="the scale s; for adacos the starting scale, then adaptive")
     p.add_argument("--sample-rate", type=_checked(check_sample_rate), default=1.0)
     p.add_argument("--noise", type=nonnegative_float, default=0.5)
     p.add_argument("--device", type=device_name, default="cpu",
@@ -153,14 +153,11 @@ def batch(centres: torch.Tensor, args, rank: int, step: int, device):
 
 def build_head(args) -> ShardedHead:
     """The sharded head that ``--loss`` names, with --scale, --sample-rate and --seed."""
-    scale = 30.0 if args.scale is None else args.scale
-    common = {"scale": scale, "sample_rate": args.sample_rate, "seed": args.seed}
+    common = {"scale": args.scale, "sample_rate": args.sample_rate, "seed": args.seed}
     if args.loss in MARGINS:
         m1, m2, m3 = MARGINS[args.loss]
         return PartialFC(args.embedding_dim, args.classes, m1=m1, m2=m2, m3=m3, **common)
     kind, margins = TARGET_HEADS[args.loss]
-    if kind is AdaCosPartialFC:
-        common["scale"] = args.scale  # None: its own sqrt(2) log(C - 1); then adaptive
     return kind(args.embedding_dim, args.classes, **margins, **common)
 
 
