@@ -1,20 +1,21 @@
-"""Class-sharded heads whose target logit is set per sample: AdaFace, MagFace, ElasticFace,
-CurricularFace (which also transforms the non-target logits). They share their rule (the
-margin, the running state, the draws) with the single-device heads (heads/adaface.py,
-magface.py, elastic.py, curricularface.py) and equal them on the global batch.
+"""Class-sharded heads with a rule of their own: a per-sample target logit (AdaFace,
+MagFace, ElasticFace), a transform of the non-target logits (CurricularFace), a running
+scale (AdaCos) or K sub-centres per class (Sub-center ArcFace). They share their rule (the
+margin, the running state, the draws) with the single-device heads in heads/ and equal
+them on the global batch.
 
 One step, on every rank (replicated.py says how the gradient counts each piece once):
 
+    check   = the ranks' running-state fingerprints agree         (before any state moves)
     X, X'   = the gathered rows (N, D), twice: replicated and partitioned views
     c_r     = cos(X'_i, w_{y_i}) where this rank owns y_i, 0 elsewhere        # (N,)
     cos     = sum over ranks of c_r: every target cosine, on every rank       # (N,)
     state   = update_state(cos, labels, X)          training mode, the whole global batch
     t       = target_logit(cos, X)                  the head's rule, the same on every rank
-    f       = non_target(cos)                       None, or a transform of the other logits
-    loss    = sharded_target_cross_entropy(X', W_r, t, f) + extra_loss(X)
+    loss    = sharded_target_cross_entropy(X', W_r, t, shard) + extra_loss(X)
 
-Running state (AdaFace's EMAs, ElasticFace's generator) is replicated: every rank updates it
-from the same global values, and the loss checks that the ranks' target logits agree.
+where ``shard`` (shard_classes.py) says how this rank's classes enter: plain, with the
+non-target transform, or pooled over sub-centres. The loss checks that the ranks' t agree.
 """
 
 from __future__ import annotations
