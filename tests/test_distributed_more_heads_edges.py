@@ -19,6 +19,23 @@ import pytest
 import torch
 import torch.distributed as dist
 from gloo_processes import run_ranks
+from sharded_heads import (
+    DIM,
+    HEADS,
+    TOL64,
+    K,
+    assert_states_equal,
+    assert_steps_equal,
+    batch,
+    full_weight,
+    rows_of,
+    rows_per_class,
+    sgd,
+    sharded,
+    single,
+    state_of,
+    step,
+)
 
 import margin_softmax as ms
 from margin_softmax.distributed import (
@@ -26,7 +43,6 @@ from margin_softmax.distributed import (
     ArcFacePartialFC,
     CurricularFacePartialFC,
     PartialFC,
-    SampledRowsOptimizer,
     SubCenterArcFacePartialFC,
     class_range,
     load_full,
@@ -35,95 +51,30 @@ from margin_softmax.distributed import (
     save_full,
     save_sharded,
 )
-from margin_softmax.distributed.checkpoint import running_state
 from margin_softmax.distributed.train import main, parse_args, train
 from margin_softmax.scheduler import MarginScheduler
 
-DIM, K = 6, 3
-TOL64 = {"atol": 1e-9, "rtol": 0.0}
-HEADS = {  # name -> (single-device head, sharded head, keywords of both)
-    "curricularface": (ms.CurricularFace, CurricularFacePartialFC, {"momentum": 0.3}),
-    "adacos": (ms.AdaCos, AdaCosPartialFC, {}),
-    "subcenter": (ms.SubCenterArcFace, SubCenterArcFacePartialFC,
-                  {"sub_centers": K, "margin": 0.3}),
-}
-NAMES = list(HEADS)
+NAMES = ["curricularface", "adacos", "subcenter"]
 
 
-def rows_per_class(name: str) -> int:
-    return HEADS[name][2].get("sub_centers", 1)
 
 
-def batch(seed: int, n: int, num_classes: int, dtype=torch.float64):
-    """x (n, D) with norms in [5, 60], labels (n,)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, DIM, generator=g, dtype=torch.float64)
-    x = x * torch.empty(n, 1, dtype=torch.float64).uniform_(5, 60, generator=g)
-    return x.to(dtype), torch.randint(0, num_classes, (n,), generator=g)
 
 
-def full_weight(seed: int, num_classes: int, name: str = "") -> torch.Tensor:
-    """(C K, D): K rows per class for the sub-centre head."""
-    rows = num_classes * (rows_per_class(name) if name else 1)
-    return torch.randn(rows, DIM, generator=torch.Generator().manual_seed(seed),
-                       dtype=torch.float64)
 
 
-def sharded(name: str, weight: torch.Tensor, dtype=torch.float64, group=None, **sharding):
-    """The sharded head holding this rank's rows of ``weight`` (C K, D)."""
-    _, kind, keywords = HEADS[name]
-    k = rows_per_class(name)
-    head = kind(DIM, weight.shape[0] // k, group=group, **{**keywords, **sharding}).to(dtype)
-    with torch.no_grad():
-        head.weight.copy_(weight[head.start * k : head.stop * k])
-    return head
 
 
-def single(name: str, weight: torch.Tensor, dtype=torch.float64, impl="eager", **keywords):
-    kind, _, defaults = HEADS[name]
-    k = rows_per_class(name)
-    head = kind(DIM, weight.shape[0] // k, impl=impl, **{**defaults, **keywords}).to(dtype)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    return head
 
 
-def step(head, x, labels, mode="train"):
-    """(loss, x grad, weight grad) of one forward and backward; "no_grad": a training-mode
-    forward under torch.no_grad()."""
-    head.train(mode != "eval")
-    head.weight.grad = None
-    if mode == "no_grad":
-        with torch.no_grad():
-            return head(x, labels).item(), None, None
-    x = x.clone().requires_grad_()
-    loss = head(x, labels)
-    loss.backward()
-    return loss.item(), x.grad, head.weight.grad
 
 
-def state_of(head) -> dict:
-    return running_state(head.state_dict())
 
 
-def assert_states_equal(found: dict, expected: dict, tol=None) -> None:
-    assert found.keys() == expected.keys()
-    for key, value in expected.items():
-        assert found[key].dtype == value.dtype == torch.float64, key
-        torch.testing.assert_close(found[key], value, **(tol or TOL64))
 
 
-def assert_steps_equal(found, expected, tol) -> None:
-    assert found[0] == pytest.approx(expected[0], rel=max(tol["rtol"], 1e-12),
-                                     abs=tol["atol"])
-    for a, b in zip(found[1:], expected[1:], strict=True):
-        if b is not None:
-            torch.testing.assert_close(a, b, **tol)
 
 
-def sgd(head) -> SampledRowsOptimizer:
-    return SampledRowsOptimizer(torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9,
-                                                weight_decay=5e-4), head)
 
 
 # ---------------------------------------------------------------- world size 1
@@ -566,9 +517,6 @@ FEW = {  # few classes for 3 ranks: name -> (classes, batch size of each rank)
 }
 
 
-def rows_of(sizes: list[int], rank: int) -> slice:
-    start = sum(sizes[:rank])
-    return slice(start, start + sizes[rank])
 
 
 def few_data(name: str):

@@ -20,16 +20,27 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from gloo_processes import free_port
+from sharded_heads import (
+    DIM,
+    HEADS,
+    TOL64,
+    assert_states_equal,
+    batch,
+    full_weight,
+    rows_of,
+    sgd,
+    sharded,
+    single,
+    state_of,
+    step,
+)
 from torch import nn
 
-import margin_softmax as ms
 from margin_softmax.distributed import (
     AdaFacePartialFC,
-    ElasticArcFacePartialFC,
     ElasticCosFacePartialFC,
     MagFacePartialFC,
     PartialFC,
-    SampledRowsOptimizer,
     class_range,
     load_full,
     load_sharded,
@@ -37,78 +48,24 @@ from margin_softmax.distributed import (
     save_full,
     save_sharded,
 )
-from margin_softmax.distributed.checkpoint import running_state
 from margin_softmax.distributed.train import parse_args, train
 from margin_softmax.scheduler import MarginScheduler
 
-DIM = 6
-TOL64 = {"atol": 1e-9, "rtol": 0.0}
-HEADS = {  # name -> (single-device head, sharded head, keywords of both)
-    "adaface": (ms.AdaFace, AdaFacePartialFC, {"t_alpha": 0.3}),
-    "magface": (ms.MagFace, MagFacePartialFC, {}),
-    "elastic_arc": (ms.ElasticArcFace, ElasticArcFacePartialFC,
-                    {"std": 0.2, "plus": True, "seed": 5}),
-    "elastic_cos": (ms.ElasticCosFace, ElasticCosFacePartialFC, {"std": 0.2, "seed": 7}),
-}
-NAMES = list(HEADS)
+NAMES = ["adaface", "magface", "elastic_arc", "elastic_cos"]
 
 
-def batch(seed: int, n: int, num_classes: int, dtype=torch.float64):
-    """x (n, D) with norms spread over AdaFace's and MagFace's ranges, labels (n,)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, DIM, generator=g, dtype=torch.float64)
-    x = x * torch.empty(n, 1, dtype=torch.float64).uniform_(5, 60, generator=g)
-    return x.to(dtype), torch.randint(0, num_classes, (n,), generator=g)
 
 
-def full_weight(seed: int, num_classes: int) -> torch.Tensor:
-    return torch.randn(num_classes, DIM, generator=torch.Generator().manual_seed(seed),
-                       dtype=torch.float64)
 
 
-def sharded(name: str, weight: torch.Tensor, dtype=torch.float64, group=None, **sharding):
-    """The sharded head holding this rank's rows of ``weight`` (C, D)."""
-    _, kind, keywords = HEADS[name]
-    head = kind(DIM, weight.shape[0], group=group, **{**keywords, **sharding}).to(dtype)
-    with torch.no_grad():
-        head.weight.copy_(weight[head.start : head.stop])
-    return head
 
 
-def single(name: str, weight: torch.Tensor, dtype=torch.float64, impl="eager"):
-    head_kind, _, keywords = HEADS[name]
-    head = head_kind(DIM, weight.shape[0], impl=impl, **keywords).to(dtype)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    return head
 
 
-def step(head, x, labels, mode="train"):
-    """(loss, x grad, weight grad) of one forward and backward; mode "no_grad": the loss of a
-    training-mode forward under torch.no_grad()."""
-    head.train(mode != "eval")
-    head.weight.grad = None
-    if mode == "no_grad":
-        with torch.no_grad():
-            return head(x, labels).item(), None, None
-    x = x.clone().requires_grad_()
-    loss = head(x, labels)
-    loss.backward()
-    return loss.item(), x.grad, head.weight.grad
 
 
-def assert_states_equal(found: dict, expected: dict) -> None:
-    assert found.keys() == expected.keys()
-    for key, value in expected.items():
-        if key == "_extra_state":
-            assert torch.equal(found[key]["generator"], value["generator"])
-        else:
-            assert found[key].dtype == value.dtype, key
-            torch.testing.assert_close(found[key], value, **TOL64)
 
 
-def state_of(head) -> dict:
-    return running_state(head.state_dict())
 
 
 # ---------------------------------------------------------------- world size 1
@@ -333,9 +290,6 @@ def test_repr_shows_the_block_and_the_rule_parameters():
     assert "plus=True" in repr(ElasticCosFacePartialFC(DIM, 13, plus=True))
 
 
-def sgd(head) -> SampledRowsOptimizer:
-    return SampledRowsOptimizer(torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9,
-                                                weight_decay=5e-4), head)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -486,9 +440,6 @@ SIZES = [2, 3, 1]
 MODES = ("train", "train", "eval")
 
 
-def rows_of(sizes: list[int], rank: int) -> slice:
-    start = sum(sizes[:rank])
-    return slice(start, start + sizes[rank])
 
 
 def global_steps(name: str, num_classes: int, sizes: list[int]):
