@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from gloo_processes import run_ranks
+from sharded_heads import rows_of
 
 import margin_softmax as ms
 from margin_softmax.distributed import (
@@ -99,11 +100,6 @@ def case_data(name: str, world: int):
     return head, weight, sizes, sharding, steps
 
 
-def local_rows(sizes: list[int], rank: int) -> slice:
-    start = sum(sizes[:rank])
-    return slice(start, start + sizes[rank])
-
-
 def sharded_head(head: str, weight: torch.Tensor, group=None, **sharding):
     _, kind, keywords = HEADS[head]
     k = rows_per_class(head)
@@ -119,9 +115,9 @@ def run_case(name: str, world: int, rank: int, frozen_rank: int | None = None) -
     out = []
     for mode, (x, labels) in zip(MODES, steps, strict=True):
         head.train(mode == "train")
-        mine = x[local_rows(sizes, rank)].clone().requires_grad_(rank != frozen_rank)
+        mine = x[rows_of(sizes, rank)].clone().requires_grad_(rank != frozen_rank)
         head.weight.grad = None
-        loss = head(mine, labels[local_rows(sizes, rank)])
+        loss = head(mine, labels[rows_of(sizes, rank)])
         loss.backward()
         out.append({"loss": loss.item(), "x_grad": mine.grad, "w_grad": head.weight.grad,
                     "rows": head.sampled_rows, "start": head.start})
@@ -133,7 +129,7 @@ def run_seed_mismatch(rank: int, world: int) -> str:
     head = sharded_head("elastic_arc_plus", weight, seed=rank)  # a different seed per rank
     x, labels = steps[0]
     try:
-        head(x[local_rows(sizes, rank)], labels[local_rows(sizes, rank)])
+        head(x[rows_of(sizes, rank)], labels[rows_of(sizes, rank)])
     except ValueError as error:
         return str(error)
     return "no error"
@@ -151,7 +147,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     head = sharded_head("adaface", weight if world == 2 else torch.zeros_like(weight))
     if world == 2:  # two training steps, then save
         for x, labels in steps[:2]:
-            head(x[local_rows(sizes, rank)], labels[local_rows(sizes, rank)])
+            head(x[rows_of(sizes, rank)], labels[rows_of(sizes, rank)])
         save_sharded(f"{out}/adaface2", head)
     else:  # load into 3 ranks, into the wrong kind of head, and from a single process
         load_sharded(f"{out}/adaface2", head)
@@ -248,7 +244,7 @@ def check_against_single(results, world, name):
             assert abs(found["loss"] - loss) < 1e-9, (r, step, found["loss"], loss)
             if found["x_grad"] is not None:  # the documented factor for DDP's average
                 torch.testing.assert_close(found["x_grad"] / world,
-                                           x_grad[local_rows(sizes, r)], **TOL)
+                                           x_grad[rows_of(sizes, r)], **TOL)
             torch.testing.assert_close(found["w_grad"], w_grad[start:stop], **TOL)
         assert_states_equal(result["state"], state)
 

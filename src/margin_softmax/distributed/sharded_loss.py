@@ -111,6 +111,12 @@ def global_loss(others: torch.Tensor, t: torch.Tensor):
     return gap, lse, torch.logaddexp(gap, torch.zeros_like(gap)).sum() / t.shape[0]
 
 
+def returned_loss(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The loss as a sharded Function returns it: float32 (the compute dtype) under
+    autocast, as the single-device path does, else in the embeddings' dtype."""
+    return loss if torch.is_autocast_enabled(x.device.type) else loss.to(x.dtype)
+
+
 class ShardedMarginCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, embeddings, weight, local_target, layout, scale, margin, group, block_size,
@@ -129,9 +135,7 @@ class ShardedMarginCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(embeddings, weight, local_target, x_hat, t, dpsi, lse, gap)
         ctx.layout, ctx.scale, ctx.group, ctx.block_size = layout, scale, group, block_size
         ctx.triton = triton
-        if torch.is_autocast_enabled(embeddings.device.type):
-            return loss  # float32 under autocast, as the single-device path returns it
-        return loss.to(embeddings.dtype)
+        return returned_loss(loss, embeddings)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -29,7 +29,7 @@ from ..chunked.unit_rows import unit_rows, unit_rows_backward
 from ..functional import compute_dtype
 from .comm import all_gather_stack
 from .shard_classes import ShardClasses
-from .sharded_loss import global_loss
+from .sharded_loss import global_loss, returned_loss
 
 
 def _check_same_targets(targets: torch.Tensor) -> None:
@@ -59,9 +59,7 @@ class ShardedTargetCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(weight, x_hat, norm, lse, gap)
         ctx.shard, ctx.scale = shard, scale
         ctx.x_dtype, ctx.t_dtype = x.dtype, target_logit.dtype
-        if torch.is_autocast_enabled(x.device.type):
-            return loss  # float32 under autocast, as the single-device path returns it
-        return loss.to(x.dtype)
+        return returned_loss(loss, x)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
