@@ -17,7 +17,8 @@ import torch.distributed as dist
 from gloo_processes import run_ranks
 
 from margin_softmax.distributed import PartialFC, SampledRowsOptimizer, load_full
-from margin_softmax.distributed.checkpoint import load_sharded, save_sharded
+from margin_softmax.distributed.checkpoint import load_sharded, load_trainer_state, save_sharded
+from margin_softmax.distributed.commit import committed_save
 from margin_softmax.distributed.train import parse_args, train
 
 CLASSES, DIM, SIZES = 11, 6, [5, 3]  # the global batch of every step, split over 2 ranks
@@ -145,8 +146,7 @@ def test_the_training_entry_point_resumes_exactly_at_the_same_world_size(tmp_pat
     assert rest == pytest.approx(whole[3:], rel=1e-6)
     torch.testing.assert_close(load_full(tmp_path / "resumed"), load_full(tmp_path / "whole"),
                                rtol=1e-6, atol=1e-9)
-    saved = [torch.load(tmp_path / d / "trainer.pt", weights_only=True)
-             for d in ("resumed", "whole")]
+    saved = [load_trainer_state(tmp_path / d) for d in ("resumed", "whole")]
     assert saved[0]["step"] == saved[1]["step"] == 6
     for key, value in saved[1]["backbone"].items():
         torch.testing.assert_close(saved[0]["backbone"][key], value, rtol=1e-6, atol=1e-9)
@@ -158,9 +158,10 @@ def test_a_two_rank_training_checkpoint_resumes_in_one_process(out, monkeypatch)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert train(parse_args([*TRAIN, "--steps", "3", "--resume", str(out / "train-by-2"),
                              "--save", str(out / "train-by-1")])) == []
-    first, second, trainer_2 = (torch.load(out / "train-by-2" / f, weights_only=True)
+    by_2, by_1 = (committed_save(out / name)["folder"] for name in ("train-by-2", "train-by-1"))
+    first, second, trainer_2 = (torch.load(by_2 / f, weights_only=True)
                                 for f in ("classes-0-20.pt", "classes-20-40.pt", "trainer.pt"))
-    shard, trainer = (torch.load(out / "train-by-1" / f, weights_only=True)
+    shard, trainer = (torch.load(by_1 / f, weights_only=True)
                       for f in ("classes-0-40.pt", "trainer.pt"))
     assert torch.equal(shard["weight"], torch.cat([first["weight"], second["weight"]]))
     momentum = [r["optimizer"]["rows"]["momentum_buffer"] for r in (shard, first, second)]

@@ -21,7 +21,7 @@ from margin_softmax.distributed import (
     save_full,
     save_sharded,
 )
-from margin_softmax.distributed.checkpoint import save_weight_shard
+from margin_softmax.distributed.checkpoint import shard_record, write_save
 from margin_softmax.distributed.sampling import remap_targets, sample_rows, step_generator
 
 TOL = {"atol": 1e-10, "rtol": 0.0}
@@ -197,9 +197,10 @@ def test_checkpoint_round_trip_with_a_single_process_head(tmp_path):
     assert torch.equal(load_rows(tmp_path / "sharded", 4, 9), single.weight.detach()[4:9])
     with pytest.raises(ValueError, match="13 classes, the head has 12"):
         load_sharded(tmp_path / "full", PartialFC(5, 12))
-    save_weight_shard(tmp_path / "full", single.weight[:4], 0, 4)  # two overlapping shards
+    write_save(tmp_path / "both", [shard_record(single.weight, 0, 13),
+                                   shard_record(single.weight[:4], 0, 13)])  # overlapping
     with pytest.raises(ValueError, match="exactly once"):
-        load_full(tmp_path / "full")
+        load_full(tmp_path / "both")
 
 
 def test_autocast_takes_half_embeddings_from_the_backbone_and_returns_a_float32_loss():

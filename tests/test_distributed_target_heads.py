@@ -37,7 +37,7 @@ from margin_softmax.distributed import (
     save_full,
     save_sharded,
 )
-from margin_softmax.distributed.checkpoint import running_state, save_weight_shard
+from margin_softmax.distributed.checkpoint import running_state, shard_record, write_save
 
 DIM = 6
 TOL = {"atol": 1e-9, "rtol": 0.0}
@@ -295,9 +295,9 @@ def test_sub_centre_checkpoints_keep_each_class_rows_together(tmp_path):
     another K refuses them."""
     k, num_classes = 3, 7
     weight = torch.randn(num_classes * k, DIM, dtype=torch.float64)
-    for start, stop in ((0, 4), (4, 7)):
-        save_weight_shard(tmp_path / "two", weight[start * k : stop * k], start, num_classes,
-                          rows_per_class=k)
+    write_save(tmp_path / "two", [shard_record(weight[start * k : stop * k], start,
+                                               num_classes, rows_per_class=k)
+                                  for start, stop in ((0, 4), (4, 7))])
     torch.testing.assert_close(load_full(tmp_path / "two"), weight, **TOL)
     torch.testing.assert_close(load_rows(tmp_path / "two", 2, 6), weight[2 * k : 6 * k], **TOL)
     head = SubCenterArcFacePartialFC(DIM, num_classes, sub_centers=k).double()
@@ -306,7 +306,8 @@ def test_sub_centre_checkpoints_keep_each_class_rows_together(tmp_path):
     single = ms.SubCenterArcFace(DIM, num_classes, sub_centers=k).double()
     single.weight.data.copy_(load_full(tmp_path / "two"))
     save_full(tmp_path / "one", single.weight, rows_per_class=k)
-    assert [p.name for p in (tmp_path / "one").iterdir()] == ["classes-0-7.pt"]
+    files = sorted(p.name for p in (tmp_path / "one" / "save-000001").iterdir())
+    assert files == ["classes-0-7.pt", "manifest.json"]
     with pytest.raises(ValueError, match=r"3 weight row\(s\) per class .* the head has 1"):
         load_sharded(tmp_path / "one", PartialFC(DIM, num_classes))
 

@@ -49,8 +49,9 @@ def test_torchrun_two_ranks_trains_and_saves_every_shard(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     losses = [float(v) for v in re.findall(r"loss (\S+) .* world 2", done.stdout)]
     assert len(losses) == 2 and losses[1] < 0.5 * losses[0], done.stdout
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["classes-0-25.pt", "classes-25-50.pt", "trainer.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["save-000001"]
+    names = sorted(p.name for p in (tmp_path / "save-000001").iterdir())
+    assert names == ["classes-0-25.pt", "classes-25-50.pt", "manifest.json", "trainer.pt"]
     assert load_full(tmp_path).shape == (50, 64)
     assert torch.isfinite(load_full(tmp_path)).all()
 
@@ -69,7 +70,7 @@ def test_torchrun_adaface_trains_and_saves_its_running_state(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     losses = [float(v) for v in re.findall(r"loss (\S+) .* world 2", done.stdout)]
     assert len(losses) == 2 and losses[1] < 0.5 * losses[0], done.stdout
-    states = [torch.load(tmp_path / name, weights_only=True)["state"]
+    states = [torch.load(tmp_path / "save-000001" / name, weights_only=True)["state"]
               for name in ("classes-0-25.pt", "classes-25-50.pt")]
     assert states[0] == states[1]
     assert states[0]["batch_mean"] != 20.0 and states[0]["batch_std"] != 100.0

@@ -18,46 +18,46 @@ from margin_softmax.distributed import (
     SampledRowsOptimizer,
     load_full,
     load_sharded,
-    save_full,
     save_sharded,
 )
-from margin_softmax.distributed.checkpoint import save_weight_shard
+from margin_softmax.distributed.checkpoint import shard_record, write_save
 from margin_softmax.distributed.train import main as train_main
 
 
-def test_saving_over_another_layouts_shards_is_refused_before_writing(tmp_path):
+def test_a_save_in_another_layout_replaces_the_previous_one_once_committed(tmp_path):
+    """A 1-process save into a directory of a 2-rank save: its own save folder, loaded from
+    then on; the 2-rank save is removed only after the new one is committed."""
     weight = torch.randn(10, 4)
-    save_weight_shard(tmp_path, weight[:5], 0, 10)  # a 2-rank checkpoint
-    save_weight_shard(tmp_path, weight[5:], 5, 10)
-    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    with pytest.raises(ValueError, match="another checkpoint"):
-        save_sharded(tmp_path, PartialFC(4, 10))  # one process: classes-0-10.pt beside them
-    with pytest.raises(ValueError, match="another checkpoint"):
-        save_full(tmp_path, weight)
-    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
-    assert torch.equal(load_full(tmp_path), weight)  # still loads
-    save_sharded(tmp_path / "new", PartialFC(4, 10))  # the same layout again is fine
-    save_sharded(tmp_path / "new", PartialFC(4, 10))
+    write_save(tmp_path, [shard_record(weight[:5], 0, 10), shard_record(weight[5:], 5, 10)])
+    head = PartialFC(4, 10)
+    save_sharded(tmp_path, head)
+    assert [p.name for p in tmp_path.iterdir()] == ["save-000002"]
+    assert torch.equal(load_full(tmp_path), head.weight.detach())
 
 
-def test_train_resume_and_save_into_another_layouts_directory_fails_before_training(tmp_path):
+def test_train_saves_beside_an_old_checkpoint_without_touching_its_files(tmp_path):
+    """Shard files written before manifests stay as they were; the new save is loaded."""
     ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
     weight = torch.randn(20, 8)
-    save_weight_shard(ckpt, weight[:10], 0, 20)  # shards of a 2-rank run
-    save_weight_shard(ckpt, weight[10:], 10, 20)
+    for start, stop in ((0, 10), (10, 20)):
+        torch.save(shard_record(weight[start:stop], start, 20), ckpt / f"classes-{start}-{stop}.pt")
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    with pytest.warns(UserWarning, match="without a manifest"):
+        assert torch.equal(load_full(ckpt), weight)  # an old checkpoint still loads
     args = ["--steps", "2", "--classes", "20", "--embedding-dim", "8", "--batch-size", "4",
             "--save", str(ckpt)]
-    assert train_main(args) == 1
-    assert sorted(p.name for p in ckpt.iterdir()) == ["classes-0-10.pt", "classes-10-20.pt"]
-    assert torch.equal(load_full(ckpt), weight)
+    assert train_main(args) == 0
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()} == before
+    assert not torch.equal(load_full(ckpt), weight)
 
 
 def test_a_missing_last_shard_is_an_error_not_a_smaller_weight(tmp_path):
     weight = torch.randn(10, 4)
-    save_weight_shard(tmp_path, weight[:5], 0, 10)
-    save_weight_shard(tmp_path, weight[5:], 5, 10)
-    (tmp_path / "classes-5-10.pt").unlink()
-    with pytest.raises(ValueError, match="of 10 classes.*end at class 5.*missing"):
+    folder = write_save(tmp_path, [shard_record(weight[:5], 0, 10),
+                                   shard_record(weight[5:], 5, 10)])
+    (folder / "classes-5-10.pt").unlink()
+    with pytest.raises(ValueError, match=r"classes-5-10\.pt: missing from the checkpoint"):
         load_full(tmp_path)
     with pytest.raises(ValueError, match="missing"):
         load_sharded(tmp_path, PartialFC(4, 10))

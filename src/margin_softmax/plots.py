@@ -1,6 +1,6 @@
 """The figures of ``compare``, drawn with matplotlib's object API and the Agg canvas (no
-pyplot, no display, no global backend switch). Each function writes one PNG and returns its
-Figure (tests read the plotted data from it).
+pyplot, no display, no global backend switch). Each function writes one PNG (atomically:
+``save``) and returns its Figure (tests read the plotted data from it).
 
 - ``unit_circle``: 2-D embeddings normalised onto the unit circle, one colour per class,
   with the class-centre directions (the classic ArcFace figure), one panel per loss.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.special import ndtri
 
+from .atomic_files import atomic_open
 from .margins import Margin
 from .metrics import eer, roc_points
 from .score_norm import unit_rows
@@ -58,6 +60,13 @@ def _panels(count: int, width: float = 3.4, height: float = 3.2):
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(rows, cols, k + 1) for k in range(count)]
     return fig, axes
+
+
+def save(fig: Figure, path: str | os.PathLike) -> None:
+    """fig.savefig(path) through atomic_open, in the format the name's suffix says (PNG
+    without one): a failure leaves the previous file whole."""
+    with atomic_open(path) as handle:
+        fig.savefig(handle, format=Path(path).suffix[1:].lower() or "png")
 
 
 def _wrap(fig: Figure, text: str, size: float) -> str:
@@ -117,7 +126,7 @@ def unit_circle(
         ax.set_ylabel(r"$x_2\,/\,\|x\|$")
     _suptitle(fig, "2-D embeddings on the unit circle: dots are samples, lines class-centre "
               "directions, one colour per class")
-    fig.savefig(path)
+    save(fig, path)
     return fig
 
 
@@ -151,7 +160,7 @@ def target_logit_curves(margins: dict[str, Margin | None], path: str | os.PathLi
     ax.set_title("Target logit per loss: the further below cos θ, the larger the margin")
     ax.grid(color="0.93")
     ax.legend(fontsize=9)
-    fig.savefig(path)
+    save(fig, path)
     return fig
 
 
@@ -174,7 +183,7 @@ def score_histograms(
     if axes:
         axes[0].legend(fontsize=8)
     _suptitle(fig, "Verification scores on identities unseen in training")
-    fig.savefig(path)
+    save(fig, path)
     return fig
 
 
@@ -217,5 +226,5 @@ def det_curves(
     ax.set_title("DET curves (lower left is better)")
     ax.grid(color="0.9")
     ax.legend(fontsize=8)
-    fig.savefig(path)
+    save(fig, path)
     return fig

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from .atomic_files import atomic_write_text
 from .margins import Margin
 
 # (key in results["losses"][name], column header, format of the value)
@@ -188,4 +189,5 @@ loop on the machine that ran it.</p>
 def write_html(
     path: str | os.PathLike, results: dict, figures: list[tuple[str, str, str | os.PathLike]]
 ) -> None:
-    Path(path).write_text(render_html(results, figures), encoding="utf-8")
+    """The report page into ``path``, atomically (UTF-8)."""
+    atomic_write_text(path, render_html(results, figures))

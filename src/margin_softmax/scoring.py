@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from .atomic_files import atomic_open
 from .score_norm import class_means, unit_rows
 
 LABELS = {"target": 1, "nontarget": 0, "non-target": 0, "1": 1, "0": 0}
@@ -281,10 +282,11 @@ def read_cohort(path: str | os.PathLike) -> np.ndarray:
 def write_scores(path: str | os.PathLike, trials: Trials, scores: np.ndarray) -> None:
     """Kaldi scores, ``enroll test score`` per trial in the trials' order, into ``path`` (its
     folder made if needed); each score in the fewest digits that read back as the same float,
-    so the file gives exactly the metrics the scores gave."""
+    so the file gives exactly the metrics the scores gave. Written with atomic_open: a failure
+    at any byte leaves the previous ``path`` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_open(path, "w") as handle:
         for enroll, test, score in zip(trials.enroll, trials.test, scores, strict=True):
             handle.write(f"{enroll} {test} {float(score)!r}\n")
 

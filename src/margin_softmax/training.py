@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic_files import atomic_open, check_writable
+
 CHECKPOINT_NAME = "checkpoint.pt"
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
@@ -138,8 +140,9 @@ def fit(
 
     Each step: ``margin_scheduler.step()`` when one is given (a MarginScheduler; it sets the
     head's margin), embeddings = model(x), loss = head(embeddings, y), an AdamW step.
-    With ``checkpoint_dir`` a checkpoint is written after every epoch; ``resume`` loads it
-    and continues from the next epoch.
+    With ``checkpoint_dir`` a checkpoint is written atomically after every epoch (the folder
+    is checked writable before the first, OSError if not); ``resume`` loads it and continues
+    from the next epoch.
     ``stop_after`` ends the run after that many epochs as if interrupted (resume it later).
     ``meta`` is stored in the checkpoint (the caller's settings, to check on resume).
     The model and the head are moved to ``config.device`` and stay there; so does each batch.
@@ -156,6 +159,8 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     result = TrainResult()
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if path is not None:  # an unwritable folder fails now, not after the first epoch
+        check_writable(path.parent)
     if resume:
         if path is None:
             raise ValueError("resume=True needs a checkpoint_dir")
@@ -218,12 +223,17 @@ def fit(
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    """torch.save through atomic_open (its folder made if needed): a crash, a kill or a full
+    disk leaves the previous checkpoint whole and no temporary beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as handle:
+        try:
+            torch.save(state, handle)
+        except RuntimeError as error:  # torch's zip writer hides a failed write behind its own
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic_files import check_writable
 from ..registry import resolve_name
 
 
@@ -110,18 +113,42 @@ def set_threads(threads: int | None) -> None:
 
 
 def check_folder(option: str, value, folder: Path) -> None:
-    """Fail before the work, not after it, where ``folder`` cannot be made: it, or the
-    nearest of its parents that exists, is a file."""
+    """Fail before the work, not after it, where no file can be written in ``folder``: it,
+    or the nearest of its parents that exists, is a file, or creating a file there fails
+    (a read-only file system, no permission). Folders made for the probe are removed again,
+    so a run refused later for another reason leaves nothing behind."""
+    made = []
     for path in (folder, *folder.parents):
         if path.exists():
             if not path.is_dir():
                 raise CliError(f"{option} {value}: {path} is a file, not a folder")
-            return
+            break
+        made.append(path)  # deepest first
+    try:
+        check_writable(folder)
+    except OSError as error:
+        raise CliError(f"{option} {value}: cannot write in {folder} "
+                       f"({error.strerror or error})") from None
+    finally:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+@contextlib.contextmanager
+def writing(option: str, path) -> Iterator[None]:
+    """An OSError while ``option`` writes ``path`` (a full disk, a size limit) as one
+    CliError line. The files are written with atomic_files, so the previous file is intact."""
+    try:
+        yield
+    except OSError as error:
+        raise CliError(f"{option} {path}: cannot write ({error.strerror or error}); "
+                       "any previous file there is unchanged") from None
 
 
 def output_file(option: str, path: str | os.PathLike, force: bool) -> Path:
     """The file ``path`` that ``option`` will write, checked before the work: not a folder,
-    not an existing file unless ``force``, its folder creatable."""
+    not an existing file unless ``force``, its folder writable."""
     out = Path(path)
     if out.is_dir():
         raise CliError(f"{option} {out}: is a folder; name a file")
@@ -133,7 +160,8 @@ def output_file(option: str, path: str | os.PathLike, force: bool) -> Path:
 
 def output_folder(path: str | os.PathLike, force: bool) -> Path:
     """Create the folder ``path`` for results; refuse one that holds files unless ``force``
-    (then only files with the names we write are replaced; nothing is deleted)."""
+    (then only files with the names we write are replaced; nothing is deleted), or one where
+    no file can be created."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a folder")
@@ -146,6 +174,5 @@ def output_folder(path: str | os.PathLike, force: bool) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CliError(f"--out {out}: cannot create the folder ({error.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise CliError(f"--out {out}: folder is not writable")
+    check_folder("--out", out, out)
     return out

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from .. import __version__, data, metrics, plots, report, scoring
+from ..atomic_files import atomic_write_text
 from ..heads import SoftmaxLoss
 from ..margins import Margin
 from ..registry import DEFAULT_LOSSES, build_head, head_parameters
 from ..training import TrainConfig, build_model, embed, fit
-from .common import loss_names, output_folder, positive_int, seed_int, set_threads
+from .common import loss_names, output_folder, positive_int, seed_int, set_threads, writing
 
 HELD_OUT_FRACTION = 0.3  # of the identities, for open-set verification
 TEST_FRACTION = 0.2  # of each training identity's samples, for closed-set accuracy
@@ -189,14 +190,15 @@ def run(args: argparse.Namespace) -> int:
             identities=args.identities, samples_per_identity=args.samples_per_identity,
             feature_dim=SYNTHETIC_DIM,
         )
-    plots.unit_circle(circle, out / "unit_circle.png")
-    plots.target_logit_curves(curves, out / "target_logit.png")
-    plots.score_histograms(trials, out / "scores.png")
-    plots.det_curves(trials, out / "det.png")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     sub_centres = any(c.shape[0] > classes_2d for _, _, c in circle.values())
     figures = report.figure_texts(results["settings"], curves, sub_centres)
-    report.write_html(out / "report.html", results, [(a, c, out / f) for f, a, c in figures])
+    with writing("--out", out):  # each file atomically: whole and new, or as it was
+        plots.unit_circle(circle, out / "unit_circle.png")
+        plots.target_logit_curves(curves, out / "target_logit.png")
+        plots.score_histograms(trials, out / "scores.png")
+        plots.det_curves(trials, out / "det.png")
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+        report.write_html(out / "report.html", results, [(a, c, out / f) for f, a, c in figures])
 
     print(report.format_table(results))
     seconds = time.perf_counter() - start

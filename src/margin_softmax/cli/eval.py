@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import metrics, scoring
 from ..score_norm import normalize_scores
-from .common import CliError, output_file, positive_int
+from .common import CliError, output_file, positive_int, writing
 
 
 def top_k(text: str) -> int | None:
@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         mean, std = metrics.kfold_accuracy(scores, labels, args.folds)
         result.update(folds=args.folds, kfold_accuracy=mean, kfold_accuracy_std=std)
     if out is not None:  # last: an input or option error leaves no file behind
-        scoring.write_scores(out, trials, scores)
+        with writing("--write-scores", out):
+            scoring.write_scores(out, trials, scores)
         result["scores_file"] = str(out)
     if args.json:
         print(json.dumps(result, indent=2))

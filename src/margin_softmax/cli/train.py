@@ -9,6 +9,7 @@ embeddings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic_files import atomic_open
 from ..registry import build_head, head_parameters, loss_names
 from ..training import (
     CHECKPOINT_NAME,
@@ -37,6 +39,7 @@ from .common import (
     positive_int,
     seed_int,
     set_threads,
+    writing,
 )
 from .inputs import read_features, read_train_data
 
@@ -186,11 +189,12 @@ def run(args: argparse.Namespace) -> int:
     elif checkpoint is not None and checkpoint.exists():
         raise CliError(f"--checkpoint-dir: {checkpoint} exists; pass --resume to continue it "
                        "or choose another folder")
-    result = fit(
-        model, head, data.features, data.labels, config, margin_scheduler=scheduler,
-        checkpoint_dir=args.checkpoint_dir, resume=args.resume, stop_after=args.stop_after,
-        meta=meta, progress=not args.quiet, desc=args.loss,
-    )
+    with writing("--checkpoint-dir", checkpoint) if checkpoint else contextlib.nullcontext():
+        result = fit(
+            model, head, data.features, data.labels, config, margin_scheduler=scheduler,
+            checkpoint_dir=args.checkpoint_dir, resume=args.resume, stop_after=args.stop_after,
+            meta=meta, progress=not args.quiet, desc=args.loss,
+        )
     with torch.no_grad():
         trained = torch.as_tensor(embed(model, data.features), device=device)  # (N, D)
         predicted = head.predict(trained).cpu().numpy()
@@ -205,11 +209,13 @@ def run(args: argparse.Namespace) -> int:
 
     if export is not None:
         embeddings = embed(model, to_embed)  # (N, embedding_dim)
-        export.parent.mkdir(parents=True, exist_ok=True)
-        if export.suffix == ".npz":
-            extra = {} if args.embed else {"labels": data.labels, "names": np.asarray(data.names)}
-            np.savez(export, embeddings=embeddings, **extra)
-        else:
-            np.save(export, embeddings)
+        extra = {} if args.embed else {"labels": data.labels, "names": np.asarray(data.names)}
+        with writing("--export-embeddings", export):
+            export.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(export) as handle:  # np.save on a handle adds no .npy
+                if export.suffix == ".npz":
+                    np.savez(handle, embeddings=embeddings, **extra)
+                else:
+                    np.save(handle, embeddings)
         print(f"embeddings: {export} {embeddings.shape}")
     return 0

@@ -1,6 +1,8 @@
 """Checkpoints of sharded class centres, and their optimizer state, for any world size.
 
-On disk: a directory with one file per shard, ``classes-{start}-{stop}.pt``, each holding
+On disk (commit.py): DIR/save-NNNNNN/, one folder per save, committed whole by its
+manifest.json; loading takes the newest committed save and checks every file against the
+manifest. Each rank writes one file per shard, ``classes-{start}-{stop}.pt``, holding
 {"start", "stop", "num_classes", "weight" ((stop - start) K, D), "rows_per_class" K (1, or
 SubCenterArcFacePartialFC's sub-centres)}, the head's sampling ``step``
 when it has one, its running state when it has any ("state": the rest of its state_dict,
@@ -8,28 +10,45 @@ AdaFace's EMAs or ElasticFace's generator, the same on every rank), and, when sa
 optimizer, "optimizer": {"rows": the state tensors of the weight shaped like it, as (stop -
 start, D) slices (momentum_buffer, exp_avg, exp_avg_sq), "other": the rest (Adam's step, the
 same on every rank), "type": the optimizer's class name (loading into another type is
-refused; files without it are not checked)}. A rank loads the rows of its own block from
-whichever files overlap it, so a checkpoint written by 2 ranks loads into 3, and a single-
-process head's full weight is just a checkpoint with one shard. The directory must be
-visible to every rank (a shared file system) when loading into another layout. Everything
-else in the optimizer (the backbone's state, the hyperparameters) is its ordinary
-state_dict: see optimizer_state_without_head.
+refused; files without it are not checked)}. Rank 0 may add ``trainer.pt`` (the rest of a
+training run's state: the step, the backbone, the optimizer without the head's rows) to the
+same commit. A rank loads the rows of its own block from whichever files overlap it, so a
+checkpoint written by 2 ranks loads into 3, and a single-process head's full weight is just
+a checkpoint with one shard. The directory must be visible to every rank (a shared file
+system) when loading into another layout. Everything else in the optimizer (the backbone's
+state, the hyperparameters) is its ordinary state_dict: see optimizer_state_without_head.
+A directory of shard files without save folders (written before manifests) still loads,
+unchecked, with a warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from .comm import rank_and_world_size
+from .comm import object_gather, rank_and_world_size
+from .commit import (
+    check_keep_last,
+    commit,
+    committed_save,
+    load_file,
+    local_gather,
+    next_save_number,
+    on_every_rank,
+    prepare_folder,
+    remove_old_saves,
+    save_folder,
+    write_file,
+)
 from .sampled_optimizer import SampledRowsOptimizer
-from .sharding import class_ranges
+
+TRAINER = "trainer.pt"
 
 
-def _shard_path(directory: Path, start: int, stop: int) -> Path:
-    return directory / f"classes-{start}-{stop}.pt"
+def _shard_name(start: int, stop: int) -> str:
+    return f"classes-{start}-{stop}.pt"
 
 
 def _split_state(state: dict, weight: torch.Tensor) -> dict:
@@ -52,19 +71,14 @@ def running_state(state_dict: dict) -> dict:
             for key, value in state_dict.items() if key not in ("weight", "step")}
 
 
-def save_weight_shard(directory: str | Path, weight: torch.Tensor, start: int,
-                      num_classes: int, step: int | None = None,
-                      optimizer_state: dict | None = None,
-                      optimizer_type: str | None = None, state: dict | None = None,
-                      rows_per_class: int = 1) -> Path:
-    """Write the class centres of classes [start, start + len(weight) / rows_per_class) (no
-    collective; K = rows_per_class rows per class, sub-centres), with the head's sampling
-    ``step``, its running ``state`` (running_state) and the weight's optimizer state (of an
-    ``optimizer_type`` optimizer, e.g. "SGD") when given."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def shard_record(weight: torch.Tensor, start: int, num_classes: int, step: int | None = None,
+                 optimizer_state: dict | None = None, optimizer_type: str | None = None,
+                 state: dict | None = None, rows_per_class: int = 1) -> dict:
+    """The shard file's content for the class centres of classes [start, start +
+    len(weight) / rows_per_class) (K = rows_per_class rows per class, sub-centres), with
+    the head's sampling ``step``, its running ``state`` (running_state) and the weight's
+    optimizer state (of an ``optimizer_type`` optimizer, e.g. "SGD") when given."""
     stop = start + weight.shape[0] // rows_per_class
-    path = _shard_path(directory, start, stop)
     record = {"start": start, "stop": stop, "num_classes": num_classes,
               "weight": weight.detach().cpu().clone(), "rows_per_class": rows_per_class}
     if step is not None:
@@ -73,113 +87,183 @@ def save_weight_shard(directory: str | Path, weight: torch.Tensor, start: int,
         record["state"] = state
     if optimizer_state is not None:
         record["optimizer"] = {**_split_state(optimizer_state, weight), "type": optimizer_type}
-    torch.save(record, path)
-    return path
+    return record
 
 
-def check_save_directory(directory: str | Path, num_classes: int, world_size: int) -> None:
-    """ValueError unless ``directory`` can take a checkpoint of ``num_classes`` classes in
-    ``world_size`` shards: it must not be a file, nor hold shard files of another layout
-    (they would stay beside the new ones, and no load could read the directory again)."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"checkpoint directory {directory} is a file")
-    ours = {_shard_path(directory, a, b).name for a, b in class_ranges(num_classes, world_size)}
-    others = sorted(p.name for p in directory.glob("classes-*-*.pt") if p.name not in ours)
-    if others:
-        names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise ValueError(f"{directory} holds shard files of another checkpoint ({names}), which "
-                         f"this save ({world_size} shard(s) of {num_classes} classes) would not "
-                         "replace; save into an empty directory or remove them")
+def _layout(record: dict) -> tuple[int, int, int]:
+    return record["num_classes"], record["rows_per_class"], record["weight"].shape[1]
 
 
-def save_sharded(directory: str | Path, head, optimizer=None) -> None:
+def write_save(directory: str | Path, records: list[dict], *, trainer_state: dict | None = None,
+               gather=local_gather, keep_last: int = 1) -> Path:
+    """Commit a save of this rank's shard ``records`` (shard_record) and, from the first
+    rank, ``trainer_state`` as trainer.pt; every rank of ``gather`` calls it. Returns the
+    save's folder. A failure on any rank (a full disk, an unwritable directory) raises the
+    same error on every rank and leaves the previous save the one loaded; saves older than
+    the newest ``keep_last`` committed ones are removed once the new one is committed."""
+    directory, keep_last = Path(directory), check_keep_last(keep_last)
+    number = next_save_number(directory, gather)
+
+    def write_files() -> list[dict]:
+        folder, entries = prepare_folder(directory, number), []
+        for record in records:
+            entry = write_file(folder, _shard_name(record["start"], record["stop"]), record)
+            entries.append({**entry, "start": record["start"], "stop": record["stop"],
+                            "layout": _layout(record)})
+        if trainer_state is not None:
+            entries.append(write_file(folder, TRAINER, trainer_state))
+        return entries
+
+    files = [entry for part in gather(on_every_rank(write_files, gather)) for entry in part]
+    shards = [entry for entry in files if "layout" in entry]
+    layouts = {tuple(entry.pop("layout")) for entry in shards}
+    if len(layouts) > 1:
+        raise ValueError(f"the ranks save shards of different heads (num_classes, "
+                         f"rows_per_class, embedding_dim: {sorted(layouts)})")
+    (num_classes, rows_per_class, dim), = layouts
+    manifest = {"world_size": len(shards), "num_classes": num_classes,
+                "rows_per_class": rows_per_class, "embedding_dim": dim,
+                "step": records[0].get("step"), "files": files}
+    on_every_rank(lambda: commit(directory, number, manifest), gather)
+    remove_old_saves(directory, number, keep_last)
+    return save_folder(directory, number)
+
+
+def save_sharded(directory: str | Path, head, optimizer=None, *,
+                 trainer_state: dict | None = None, keep_last: int = 1) -> Path:
     """Every rank writes its block of ``head.weight`` (and, with ``optimizer``, that block's
-    optimizer state); returns once all ranks have. Raises ValueError on every rank, before
-    writing, when ``directory`` holds the shard files of another layout."""
-    check_save_directory(directory, head.num_classes, rank_and_world_size(head.group)[1])
+    optimizer state) into a new save of ``directory``, rank 0 ``trainer_state`` with it;
+    returns the save's folder once it is committed on every rank. A failure on any rank
+    raises the same error on every rank, and the previous save stays the one loaded."""
+    rank = rank_and_world_size(head.group)[0]
     step = int(head.step) if hasattr(head, "step") else None
     state = None if optimizer is None else optimizer.state.get(head.weight, {})
     kind = None if optimizer is None else _optimizer_type(optimizer)
-    save_weight_shard(directory, head.weight, head.start, head.num_classes, step, state, kind,
-                      running_state(head.state_dict()), getattr(head, "rows_per_class", 1))
-    if rank_and_world_size(head.group)[1] > 1:
-        dist.barrier(group=head.group)
+    record = shard_record(head.weight, head.start, head.num_classes, step, state, kind,
+                          running_state(head.state_dict()), getattr(head, "rows_per_class", 1))
+    return write_save(directory, [record], trainer_state=trainer_state if rank == 0 else None,
+                      gather=object_gather(head.group), keep_last=keep_last)
 
 
 def save_full(directory: str | Path, weight: torch.Tensor, state: dict | None = None,
-              rows_per_class: int = 1) -> None:
+              rows_per_class: int = 1) -> Path:
     """Write a full (C, D) weight, e.g. a single-process head's, as a one-shard checkpoint
     ((C K, D) with rows_per_class K: SubCenterArcFace's, sub_centers=K); with ``state``
-    (that head's state_dict()), its running state too, for load_sharded."""
-    classes = weight.shape[0] // rows_per_class
-    check_save_directory(directory, classes, 1)
+    (that head's state_dict()), its running state too, for load_sharded. No collective."""
     state = None if state is None else running_state(state)
-    save_weight_shard(directory, weight, 0, classes, state=state, rows_per_class=rows_per_class)
+    record = shard_record(weight, 0, weight.shape[0] // rows_per_class, state=state,
+                          rows_per_class=rows_per_class)
+    return write_save(directory, [record])
+
+
+def _legacy(directory: Path) -> dict:
+    """A manifest for shard files written before manifests (none to check them against)."""
+    files = []
+    for path in directory.glob("classes-*-*.pt"):
+        start, stop = path.stem.split("-")[1:]
+        if start.isdigit() and stop.isdigit():
+            files.append({"name": path.name, "start": int(start), "stop": int(stop),
+                          "bytes": None})
+    if not files:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    warnings.warn(f"{directory}: a checkpoint without a manifest (written by an older "
+                  "margin-softmax); whether it is whole cannot be checked", stacklevel=4)
+    manifest = {"folder": directory, "save": None, "files": files}
+    last = load_file(manifest, max(files, key=lambda entry: entry["stop"]))
+    manifest.update(num_classes=last["num_classes"], embedding_dim=last["weight"].shape[1],
+                    rows_per_class=last.get("rows_per_class", 1))
+    return manifest
+
+
+def _checkpoint(directory: str | Path) -> dict:
+    """The manifest of the save to load from ``directory`` (commit.committed_save)."""
+    directory = Path(directory)
+    try:
+        return committed_save(directory)
+    except FileNotFoundError:
+        if directory.is_dir() and not any(directory.glob("save-*")):
+            return _legacy(directory)
+        raise
+
+
+def _shards(manifest: dict) -> list[dict]:
+    """The manifest's shard entries in class order; ValueError unless they cover classes
+    [0, C) exactly once."""
+    shards = sorted((e for e in manifest["files"] if "start" in e), key=lambda e: e["start"])
+    edge = 0
+    for entry in shards:
+        if entry["start"] != edge or entry["stop"] < entry["start"]:
+            break
+        edge = entry["stop"]
+    else:
+        if edge == manifest["num_classes"]:
+            return shards
+    ranges = [(entry["start"], entry["stop"]) for entry in shards]
+    raise ValueError(f"the shard files in {manifest['folder']} ({ranges}) do not cover the "
+                     f"checkpoint's {manifest['num_classes']} classes exactly once: shard "
+                     "files are missing")
+
+
+def _load_shard(manifest: dict, entry: dict) -> dict:
+    """A shard file, checked, with its "path"; ValueError when its content disagrees with
+    its name or the manifest."""
+    record = load_file(manifest, entry)
+    path = manifest["folder"] / entry["name"]
+    recorded = (record.get("start"), record.get("stop"), record.get("num_classes"))
+    if recorded != (entry["start"], entry["stop"], manifest["num_classes"]):
+        raise ValueError(f"{path} holds classes [{recorded[0]}, {recorded[1]}) of "
+                         f"{recorded[2]}, not what its name and the manifest say")
+    record["path"] = path
+    return record
+
+
+def _block(manifest: dict, start: int, stop: int) -> list[tuple[dict, slice]]:
+    """(record, its weight rows of classes [start, stop)) of every shard file that overlaps
+    the block, in class order; for an empty block, the first file with no rows."""
+    shards, parts = _shards(manifest), []
+    for entry in shards:
+        low, high = max(start, entry["start"]), min(stop, entry["stop"])
+        if low < high:
+            record = _load_shard(manifest, entry)
+            k = record.get("rows_per_class", 1)
+            parts.append((record, slice((low - record["start"]) * k,
+                                        (high - record["start"]) * k)))
+    return parts or [(_load_shard(manifest, shards[0]), slice(0, 0))]
+
+
+def load_rows(directory: str | Path, start: int, stop: int) -> torch.Tensor:
+    """The class centres of classes [start, stop): ((stop - start) K, D) for K rows per
+    class (sub-centres; K = 1 otherwise); reads (and checks) only the shard files that
+    overlap them."""
+    return _rows(_block(_checkpoint(directory), start, stop))
+
+
+def _rows(parts: list[tuple[dict, slice]]) -> torch.Tensor:
+    return torch.cat([record["weight"][rows] for record, rows in parts])
+
+
+def load_full(directory: str | Path) -> torch.Tensor:
+    """The full (C, D) weight, e.g. for margin_softmax.ArcFace(...).weight."""
+    manifest = _checkpoint(directory)
+    return _rows(_block(manifest, 0, manifest["num_classes"]))
 
 
 def load_state(directory: str | Path) -> dict:
     """The running state saved with a checkpoint ({} if none), for a single-process head:
     ``head.load_state_dict({"weight": load_full(directory), **load_state(directory)})``."""
-    return _load(_shards(Path(directory))[0][2]).get("state", {})
+    manifest = _checkpoint(directory)
+    return _load_shard(manifest, _shards(manifest)[0]).get("state", {})
 
 
-def _shards(directory: Path) -> list[tuple[int, int, Path]]:
-    """(start, stop, path) of every shard file, read from the file names."""
-    found = []
-    for path in directory.glob("classes-*-*.pt"):
-        start, stop = path.stem.split("-")[1:]
-        found.append((int(start), int(stop), path))
-    if not found:
-        raise FileNotFoundError(f"no classes-*-*.pt shard files in {directory}")
-    return sorted(found)
-
-
-def _load(path: Path) -> dict:
-    record = torch.load(path, map_location="cpu", weights_only=True)
-    record["path"] = path
-    return record
-
-
-def _block(directory: str | Path, start: int, stop: int) -> list[tuple[dict, slice]]:
-    """(record, its weight rows of classes [start, stop)) of every shard file that overlaps
-    the block, in class order; for an empty block, the first file with no rows."""
-    shards = _shards(Path(directory))
-    parts, filled = [], 0
-    for low, high, path in shards:
-        low, high = max(start, low), min(stop, high)
-        if low < high:
-            record = _load(path)
-            k = record.get("rows_per_class", 1)
-            parts.append((record, slice((low - record["start"]) * k,
-                                        (high - record["start"]) * k)))
-            filled += high - low
-    if filled != stop - start:
-        raise ValueError(f"the shards in {directory} do not cover classes [{start}, {stop}) "
-                         f"exactly once (found {filled} of {stop - start} rows)")
-    return parts or [(_load(shards[0][2]), slice(0, 0))]
-
-
-def load_rows(directory: str | Path, start: int, stop: int) -> torch.Tensor:
-    """The class centres of classes [start, stop): ((stop - start) K, D) for K rows per
-    class (sub-centres; K = 1 otherwise); reads only the shard files that overlap them."""
-    return torch.cat([record["weight"][rows] for record, rows in _block(directory, start, stop)])
-
-
-def load_full(directory: str | Path) -> torch.Tensor:
-    """The full (C, D) weight, e.g. for margin_softmax.ArcFace(...).weight."""
-    return load_rows(directory, 0, _num_classes(Path(directory)))
-
-
-def _num_classes(directory: Path) -> int:
-    """C as every shard file records it; ValueError when the files end before it (the last
-    shards are missing), which the file names alone would not show."""
-    _, stop, path = _shards(directory)[-1]
-    recorded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["num_classes"]
-    if stop != recorded:
-        raise ValueError(f"{path} belongs to a checkpoint of {recorded} classes, but the shard "
-                         f"files in {directory} end at class {stop}: shard files are missing")
-    return recorded
+def load_trainer_state(directory: str | Path) -> dict:
+    """The trainer_state that rank 0 saved with the committed save (checked like the
+    shards); ValueError when the save has none."""
+    manifest = _checkpoint(directory)
+    entry = next((e for e in manifest["files"] if e["name"] == TRAINER), None)
+    if entry is None:
+        raise ValueError(f"the checkpoint in {manifest['folder']} holds no {TRAINER} (saved "
+                         "without trainer_state)")
+    return load_file(manifest, entry)
 
 
 def _optimizer_type(optimizer) -> str:
@@ -226,27 +310,19 @@ def _check_state(saved: dict, head, path: Path) -> None:
                          "saved from another kind of head")
 
 
-def load_sharded(directory: str | Path, head, optimizer=None) -> None:
-    """Copy this rank's block [head.start, head.stop) into ``head.weight``, the sampling step
-    into ``head.step``, the running state where the checkpoint has one (a checkpoint
-    without, e.g. PartialFC's or save_full's of a weight alone, leaves it as it is), and,
-    with ``optimizer``, the block's optimizer state into
-    ``optimizer.state[head.weight]``. Call it after ``optimizer.load_state_dict`` (which
-    replaces the whole state). Raises ValueError naming the file when ``optimizer`` is given
-    and a shard was saved without one."""
-    num_classes = _num_classes(Path(directory))
-    if num_classes != head.num_classes:
-        raise ValueError(f"the checkpoint in {directory} has {num_classes} classes, "
-                         f"the head has {head.num_classes}")
-    parts = _block(directory, head.start, head.stop)
-    saved_k, k = parts[0][0].get("rows_per_class", 1), getattr(head, "rows_per_class", 1)
-    if saved_k != k:
-        raise ValueError(f"the checkpoint in {directory} has {saved_k} weight row(s) per class "
-                         f"(sub-centres), the head has {k}")
-    dim = parts[0][0]["weight"].shape[1]
-    if dim != head.weight.shape[1]:
-        raise ValueError(f"the checkpoint in {directory} has embedding_dim {dim}, the head has "
-                         f"{head.weight.shape[1]}")
+def _read_for(directory: str | Path, head, optimizer) -> tuple[dict, list, dict | None]:
+    """(manifest, this rank's parts, its optimizer state or None), checked against the head:
+    reads files, changes nothing."""
+    manifest = _checkpoint(directory)
+    checks = ((manifest["num_classes"], head.num_classes, "{} classes"),
+              (manifest["rows_per_class"], getattr(head, "rows_per_class", 1),
+               "{} weight row(s) per class (sub-centres)"),
+              (manifest["embedding_dim"], head.weight.shape[1], "embedding_dim {}"))
+    for saved, own, what in checks:
+        if saved != own:
+            raise ValueError(f"the checkpoint in {manifest['folder']} has {what.format(saved)}, "
+                             f"the head has {own}")
+    parts = _block(manifest, head.start, head.stop)
     state = None
     if optimizer is not None:
         group = next((g for g in optimizer.param_groups
@@ -257,10 +333,30 @@ def load_sharded(directory: str | Path, head, optimizer=None) -> None:
     saved = parts[0][0].get("state")
     if saved is not None:
         _check_state(saved, head, parts[0][0]["path"])
+    return manifest, parts, state
+
+
+def load_sharded(directory: str | Path, head, optimizer=None) -> None:
+    """Copy this rank's block [head.start, head.stop) into ``head.weight``, the sampling step
+    into ``head.step``, the running state where the checkpoint has one (a checkpoint
+    without, e.g. PartialFC's or save_full's of a weight alone, leaves it as it is), and,
+    with ``optimizer``, the block's optimizer state into
+    ``optimizer.state[head.weight]``. Every rank calls it (after
+    ``optimizer.load_state_dict``, which replaces the whole state). Nothing is changed on
+    any rank unless every rank read the same committed save and checked it: otherwise the
+    same ValueError on every rank, naming the file (a missing, truncated or changed shard,
+    one saved without an optimizer, another head's) or the ranks' different saves."""
+    gather = object_gather(head.group)
+    manifest, parts, state = on_every_rank(lambda: _read_for(directory, head, optimizer), gather)
+    seen = gather((str(manifest["folder"]), manifest["save"]))
+    if len({number for _, number in seen}) > 1:
+        raise ValueError(f"the ranks see different saves of {directory} ({seen} in rank "
+                         "order): a save committed on some ranks' file systems only")
+    saved = parts[0][0].get("state")
     if saved:  # first: a state that refuses this head (ElasticFace's kind) loads nothing
         head.load_state_dict(saved, strict=False)
     with torch.no_grad():
-        head.weight.copy_(torch.cat([record["weight"][rows] for record, rows in parts]))
+        head.weight.copy_(_rows(parts))
         if "step" in parts[0][0] and hasattr(head, "step"):
             head.step.fill_(parts[0][0]["step"])
     if state is not None:

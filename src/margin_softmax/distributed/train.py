@@ -15,10 +15,11 @@ each rank draws its own batch every step. ``--timeout`` bounds every wait on ano
 instead of a hang.
 
 ``--save DIR`` writes a checkpoint that ``--resume DIR`` continues in any world size
-(exactly in the same one; the batches depend on the rank): the head's shard files with
-their rows of the momentum buffer (checkpoint.py), and DIR/trainer.pt from rank 0: the step
+(exactly in the same one; the batches depend on the rank), committed whole (a kill at any
+moment leaves the previous save or the new one, commit.py): the head's shard files with
+their rows of the momentum buffer (checkpoint.py), and trainer.pt from rank 0: the step
 count, the backbone's weights and the optimizer's state_dict without the head's rows (the
-backbone's replicas are equal on every rank).
+backbone's replicas are equal on every rank). ``--keep-last`` committed saves are kept.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import os
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -39,11 +39,13 @@ from torch.nn.parallel import DistributedDataParallel
 from ..cli.common import nonnegative_float, positive_float, positive_int, seed_int
 from ..validation import check_scale
 from .checkpoint import (
-    check_save_directory,
     load_sharded,
+    load_trainer_state,
     optimizer_state_without_head,
     save_sharded,
 )
+from .comm import object_gather
+from .commit import check_keep_last, check_save_directory, on_every_rank
 from .partial_fc import PartialFC
 from .sampled_optimizer import SampledRowsOptimizer
 from .sampling import check_sample_rate
@@ -75,11 +77,11 @@ TARGET_HEADS = {  # name -> (sharded head, its margin keywords)
 }
 
 
-def _checked(check):
-    """An argparse type: float(text) that ``check`` accepts (its ValueError is the message)."""
-    def convert(text: str) -> float:
+def _checked(check, kind=float):
+    """An argparse type: kind(text) that ``check`` accepts (its ValueError is the message)."""
+    def convert(text: str):
         try:
-            return check(float(text))
+            return check(kind(text))
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     return convert
@@ -120,6 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=functools.partial(seed_int, high=2**63 - 1), default=0)
     p.add_argument("--log-every", type=positive_int, default=10)
     p.add_argument("--save", default=None, help="checkpoint directory written at the end")
+    p.add_argument("--keep-last", type=_checked(check_keep_last, int), default=1,
+                   help="committed saves kept in --save (the previous one stays until the "
+                   "new one is committed)")
     p.add_argument("--resume", default=None, help="checkpoint directory to continue from; "
                    "--steps counts from the start of the first run")
     return p.parse_args(argv)
@@ -176,8 +181,8 @@ def train(args) -> list[float]:
     sgd = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4)
     optimizer = SampledRowsOptimizer(sgd, head)
     first = resume(args.resume, backbone, head, optimizer) if args.resume else 0
-    if args.save:  # before training, not after it: --resume DIR --save DIR in another layout
-        check_save_directory(args.save, args.classes, world)
+    if args.save:  # before training, not after it
+        on_every_rank(lambda: check_save_directory(args.save), object_gather(head.group))
     losses, start = [], time.perf_counter()
     for step in range(first, args.steps):
         x, labels = batch(centres, args, rank, step, device)
@@ -191,7 +196,7 @@ def train(args) -> list[float]:
             print(f"step {step:5d}  loss {losses[-1]:.4f}  {ms:.1f} ms/step  world {world}",
                   flush=True)
     if args.save:
-        save(args.save, backbone, head, optimizer, max(first, args.steps))
+        save(args.save, backbone, head, optimizer, max(first, args.steps), args.keep_last)
     return losses
 
 
@@ -199,19 +204,21 @@ def _unwrapped(backbone: nn.Module) -> nn.Module:
     return backbone.module if isinstance(backbone, DistributedDataParallel) else backbone
 
 
-def save(directory: str, backbone, head: ShardedHead, optimizer, step: int) -> None:
-    """Every rank writes its shard (save_sharded checks the directory first and ends in a
-    barrier), then rank 0 writes trainer.pt."""
-    save_sharded(directory, head, optimizer)
+def save(directory: str, backbone, head: ShardedHead, optimizer, step: int,
+         keep_last: int = 1) -> None:
+    """One committed save (checkpoint.py): every rank's shard, and rank 0's trainer.pt with
+    the step count, the backbone and the optimizer without the head's rows."""
+    trainer = None
     if head.rank == 0:
-        torch.save({"step": step, "backbone": _unwrapped(backbone).state_dict(),
-                    "optimizer": optimizer_state_without_head(optimizer, head)},
-                   Path(directory) / "trainer.pt")
+        trainer = {"step": step, "backbone": _unwrapped(backbone).state_dict(),
+                   "optimizer": optimizer_state_without_head(optimizer, head)}
+    save_sharded(directory, head, optimizer, trainer_state=trainer, keep_last=keep_last)
 
 
 def resume(directory: str, backbone, head: ShardedHead, optimizer) -> int:
-    """Load a checkpoint written by save() in any world size; returns the next step."""
-    saved = torch.load(Path(directory) / "trainer.pt", map_location="cpu", weights_only=True)
+    """Load a checkpoint written by save() in any world size; returns the next step. A
+    missing, torn or changed checkpoint on any rank is the same ValueError on every rank."""
+    saved = on_every_rank(lambda: load_trainer_state(directory), object_gather(head.group))
     _unwrapped(backbone).load_state_dict(saved["backbone"])
     optimizer.load_state_dict(saved["optimizer"])  # replaces all state: before the head's
     load_sharded(directory, head, optimizer)

@@ -1,0 +1,274 @@
+"""Sharded checkpoints are committed whole: a failure at any byte of any file of a save leaves
+the previous save the one loaded, exactly; a torn, cut or changed set is refused naming the
+file; a kill -9 during a real save loses nothing."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import margin_softmax.atomic_files as atomic_files
+from margin_softmax.distributed import PartialFC, SampledRowsOptimizer, load_full
+from margin_softmax.distributed.checkpoint import (
+    load_sharded,
+    load_trainer_state,
+    save_sharded,
+    shard_record,
+    write_save,
+)
+from margin_softmax.distributed.commit import committed_save
+
+
+def head_and_optimizer(seed: int):
+    """A PartialFC over 9 classes with momentum: its weight and momentum drawn from ``seed``."""
+    torch.manual_seed(seed)
+    head = PartialFC(4, 9, m2=0.3).double()
+    optimizer = SampledRowsOptimizer(torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9),
+                                     head)
+    optimizer.optimizer.state[head.weight]["momentum_buffer"] = torch.randn_like(head.weight)
+    return head, optimizer
+
+
+def save(directory: Path, seed: int) -> None:
+    head, optimizer = head_and_optimizer(seed)
+    save_sharded(directory, head, optimizer, trainer_state={"step": seed})
+
+
+def loaded(directory: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(weight, momentum, trainer step) as a resume would see them."""
+    head, optimizer = head_and_optimizer(99)
+    load_sharded(directory, head, optimizer)
+    momentum = optimizer.optimizer.state[head.weight]["momentum_buffer"]
+    return head.weight.detach().clone(), momentum, load_trainer_state(directory)["step"]
+
+
+def expected(seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    head, optimizer = head_and_optimizer(seed)
+    return head.weight.detach(), optimizer.optimizer.state[head.weight]["momentum_buffer"], seed
+
+
+def assert_loads(directory: Path, seed: int) -> None:
+    weight, momentum, step = loaded(directory)
+    want = expected(seed)
+    assert torch.equal(weight, want[0]) and torch.equal(momentum, want[1]) and step == want[2]
+
+
+class DiskFull:
+    """atomic_files' open(), with a disk that fills after ``budget`` bytes in all."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+
+    def __call__(self, path, mode="r", **kwargs):
+        return _LimitedFile(open(path, mode, **kwargs), self)  # noqa: SIM115
+
+
+class _LimitedFile:
+    def __init__(self, handle, disk: DiskFull) -> None:
+        self.handle, self.disk = handle, disk
+
+    def write(self, data):
+        if len(data) > self.disk.budget:
+            self.handle.write(data[: self.disk.budget])
+            self.disk.budget = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.disk.budget -= len(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.handle.__exit__(*exc)
+
+
+def save_size(tmp_path: Path) -> tuple[int, list[int]]:
+    """The bytes a save writes in all (a second save: the first also probes the folder),
+    and each file's end in that count."""
+    save(tmp_path / "measure", 1)
+    folder = tmp_path / "measure" / "save-000001"
+    ends, total = [], 0
+    for name in ("classes-0-9.pt", "trainer.pt", "manifest.json"):
+        total += (folder / name).stat().st_size
+        ends.append(total)
+    return total, ends
+
+
+def test_a_save_cut_at_any_byte_leaves_the_previous_save_loaded_exactly(tmp_path, monkeypatch):
+    total, ends = save_size(tmp_path)
+    budgets = sorted({0, 1, total - 1, *(e + d for e in ends[:-1] for d in (-1, 0, 1)),
+                      *range(0, total, max(1, total // 23))})
+    directory = tmp_path / "ckpt"
+    save(directory, 1)
+    snapshot = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    for budget in budgets:
+        monkeypatch.setattr(atomic_files, "open", DiskFull(budget), raising=False)
+        with pytest.raises(OSError, match="No space left"):
+            save(directory, 2)
+        monkeypatch.undo()
+        assert_loads(directory, 1)
+        committed = {p: p.read_bytes() for p in (directory / "save-000001").rglob("*")}
+        assert committed == snapshot, budget  # the previous save, byte for byte
+        assert not list(directory.rglob("*.tmp")), budget  # no temporary left
+    save(directory, 3)  # the next save that succeeds cleans up every cut one
+    assert [p.name for p in directory.iterdir()] == [f"save-{len(budgets) + 2:06d}"]
+    assert_loads(directory, 3)
+
+
+def test_a_failed_rename_or_manifest_leaves_the_previous_save(tmp_path, monkeypatch):
+    directory = tmp_path / "ckpt"
+    save(directory, 1)
+    real = os.replace
+    for fail_at in range(3):  # the shard's rename, trainer.pt's, the manifest's
+        calls = []
+
+        def replace(src, dst, fail_at=fail_at, calls=calls):
+            calls.append(dst)
+            if len(calls) > fail_at:
+                raise OSError(errno.EIO, "Input/output error")
+            return real(src, dst)
+
+        monkeypatch.setattr(atomic_files.os, "replace", replace)
+        with pytest.raises(OSError, match="Input/output error"):
+            save(directory, 2)
+        monkeypatch.undo()
+        assert_loads(directory, 1)
+
+
+def test_keep_last_keeps_that_many_committed_saves(tmp_path):
+    for seed in (1, 2, 3):
+        head, _ = head_and_optimizer(seed)
+        save_sharded(tmp_path, head, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["save-000002", "save-000003"]
+    assert torch.equal(load_full(tmp_path / "save-000002"), expected(2)[0])  # a save by name
+    assert torch.equal(load_full(tmp_path), expected(3)[0])  # the newest
+    with pytest.raises(ValueError, match="keep_last must be an int >= 1.*got 0"):
+        save_sharded(tmp_path, head, keep_last=0)
+
+
+def test_a_save_never_committed_is_ignored_with_a_warning(tmp_path):
+    save(tmp_path, 1)
+    cut = tmp_path / "save-000002"
+    cut.mkdir()
+    (cut / "classes-0-9.pt").write_bytes(b"half a file")
+    with pytest.warns(UserWarning, match="ignoring save-000002, never committed"):
+        assert_loads(tmp_path, 1)
+
+
+def shard_file(directory: Path) -> Path:
+    return committed_save(directory)["folder"] / "classes-0-9.pt"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "flip", "delete"])
+def test_a_damaged_shard_is_refused_naming_the_file(tmp_path, damage):
+    save(tmp_path, 1)
+    path = shard_file(tmp_path)
+    data = path.read_bytes()
+    if damage == "delete":
+        path.unlink()
+    else:
+        changed = {"truncate": data[: len(data) // 2], "empty": b"",
+                   "flip": data[:-9] + bytes([data[-9] ^ 1]) + data[-8:]}[damage]
+        path.write_bytes(changed)
+    message = {"truncate": r"bytes, the manifest records", "empty": "0 bytes",
+               "flip": "SHA-256 differs", "delete": "missing from the checkpoint"}[damage]
+    head, optimizer = head_and_optimizer(5)
+    before = head.weight.detach().clone()
+    with pytest.raises(ValueError, match=rf"classes-0-9\.pt: .*{message}"):
+        load_sharded(tmp_path, head, optimizer)
+    assert torch.equal(head.weight, before) and optimizer.optimizer.state[head.weight]
+    with pytest.raises(ValueError, match=r"classes-0-9\.pt"):
+        load_full(tmp_path)
+
+
+def test_a_damaged_manifest_or_trainer_state_is_refused_naming_the_file(tmp_path):
+    save(tmp_path, 1)
+    folder = committed_save(tmp_path)["folder"]
+    (folder / "trainer.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"trainer\.pt: 0 bytes"):
+        load_trainer_state(tmp_path)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"manifest\.json: not a readable checkpoint manifest"):
+        load_full(tmp_path)
+    manifest = {"format": "margin-softmax sharded checkpoint", "version": 7}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="manifest version 7"):
+        load_full(tmp_path)
+
+
+def test_a_save_without_trainer_state_says_so(tmp_path):
+    head, _ = head_and_optimizer(1)
+    save_sharded(tmp_path, head)
+    with pytest.raises(ValueError, match=r"holds no trainer\.pt"):
+        load_trainer_state(tmp_path)
+
+
+def test_shards_of_different_heads_are_not_committed(tmp_path):
+    records = [shard_record(torch.zeros(5, 4), 0, 10), shard_record(torch.zeros(5, 3), 5, 10)]
+    with pytest.raises(ValueError, match="different heads"):
+        write_save(tmp_path, records)
+    with pytest.raises(FileNotFoundError, match="never committed"):
+        load_full(tmp_path)
+
+
+def test_an_unwritable_checkpoint_directory_is_refused_before_writing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    head, _ = head_and_optimizer(1)
+    with pytest.raises(ValueError, match=r"checkpoint directory .*file is a file"):
+        save_sharded(tmp_path / "file", head)
+    with pytest.raises(ValueError, match="is not writable"):
+        save_sharded("/proc/margin-softmax-ckpt", head)
+
+
+TRAIN = [sys.executable, "-m", "margin_softmax.distributed.train", "--classes", "120000",
+         "--embedding-dim", "64", "--batch-size", "8", "--log-every", "1000"]
+
+
+def test_kill_9_during_a_real_save_leaves_one_whole_save(tmp_path):
+    """The training entry point, killed at two moments of its second save (C = 120k: a
+    61 MB shard with its momentum): afterwards the checkpoint loads and is one save, the
+    first byte for byte or the second whole, and --resume goes on from it."""
+    ckpt = tmp_path / "ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    subprocess.run([*TRAIN, "--steps", "1", "--save", str(ckpt)], env=env, check=True,
+                   capture_output=True, timeout=120)
+    first = {p.relative_to(ckpt): p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
+    for delay in (0.0, 0.1):
+        before = set(ckpt.glob("save-*"))
+        process = subprocess.Popen([*TRAIN, "--steps", "2", "--resume", str(ckpt), "--save",
+                                    str(ckpt)], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if set(ckpt.glob("save-*")) - before:  # the second save has begun
+                time.sleep(delay)
+                break
+            time.sleep(0.001)
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        manifest = committed_save(ckpt)
+        step = load_trainer_state(ckpt)["step"]
+        if manifest["save"] == 1:
+            now = {p.relative_to(ckpt): p.read_bytes() for p in ckpt.glob("save-000001/*")}
+            assert now == first and step == 1
+        else:
+            assert step == 2 and load_full(ckpt).shape == (120000, 64)
+            break  # the second save is whole: nothing older is left to compare
+    done = subprocess.run([*TRAIN, "--steps", "3", "--resume", str(ckpt), "--save", str(ckpt)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert load_trainer_state(ckpt)["step"] == 3
+    assert len(list(ckpt.iterdir())) == 1 and not list(ckpt.rglob("*.tmp"))
