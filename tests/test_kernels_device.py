@@ -43,7 +43,7 @@ def test_gpus_older_than_ampere_get_the_chunked_path_or_a_clear_error(gpu, capab
     gpu("Tesla T4", capability)
     version = f"{capability[0]}.{capability[1]}"
     assert version in kernels.device_unsupported(CUDA0)
-    assert not kernels.auto_picks_triton(CUDA0)
+    assert not kernels.gpu_runs_kernels(CUDA0)
     big, small = on_cuda(1024, 64), on_cuda(4, 64)
     assert functional.resolve_impl("auto", big, 100_000) == "chunked"
     assert functional.resolve_impl("auto", small, 10) == "eager"
@@ -54,10 +54,11 @@ def test_gpus_older_than_ampere_get_the_chunked_path_or_a_clear_error(gpu, capab
 
 
 @pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0), (10, 0)])
-def test_ampere_and_newer_run_the_kernels_under_auto(gpu, capability):
+def test_ampere_and_newer_run_the_kernels_under_auto(gpu, capability, monkeypatch):
     gpu("NVIDIA H200", capability)
+    monkeypatch.setenv("MARGIN_SOFTMAX_TRITON", "on")  # no self-check: there is no GPU here
     assert kernels.device_unsupported(CUDA0) is None
-    assert kernels.auto_picks_triton(CUDA0)
+    assert kernels.gpu_runs_kernels(CUDA0)
     assert functional.resolve_impl("auto", on_cuda(4, 64), 10) == "triton"
     assert functional.resolve_impl("auto", on_cuda(4, 64), 10, plain=True) == "eager"
     assert use_triton("auto", on_cuda(10, 64))
@@ -67,13 +68,13 @@ def test_ampere_and_newer_run_the_kernels_under_auto(gpu, capability):
 def test_auto_leaves_rocm_and_a_missing_triton_to_the_chunked_path(gpu, monkeypatch):
     gpu("AMD Instinct MI300X", (9, 4), hip="6.2")
     assert kernels.device_unsupported(CUDA0) is None  # impl="triton" may try
-    assert not kernels.auto_picks_triton(CUDA0)
+    assert not kernels.gpu_runs_kernels(CUDA0)
     gpu("NVIDIA A100", (8, 0))
-    assert kernels.auto_picks_triton(CUDA0)
+    assert kernels.gpu_runs_kernels(CUDA0)
     monkeypatch.setattr(kernels.importlib.util, "find_spec", lambda name: None)
-    assert not kernels.auto_picks_triton(CUDA0)
+    assert not kernels.gpu_runs_kernels(CUDA0)
     assert functional.resolve_impl("auto", on_cuda(1024, 64), 100_000) == "chunked"
-    assert not kernels.auto_picks_triton(torch.device("cpu"))
+    assert not kernels.gpu_runs_kernels(torch.device("cpu"))
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ with r_i = scale, or scale * |x_i| where ``scale_by_norm`` (SphereFace's origina
 - "eager": materialises the (N, C) logits; the readable reference.
 - "chunked": tiles of classes, never holds (N, C) (see chunked/ and docs/scale.md).
 - "triton": fused GPU kernels (see kernels/).
-- "auto": triton on NVIDIA GPUs of compute capability 8.0+ where it imports, chunked when
-  N * C is large, eager otherwise.
+- "auto": triton on NVIDIA GPUs of compute capability 8.0+ where it imports and the kernels
+  passed their self-check (kernels/self_check.py), chunked when N * C is large, eager
+  otherwise.
 """
 
 from __future__ import annotations
@@ -51,19 +52,19 @@ def cosine_logits(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
 def resolve_impl(
     impl: str, embeddings: torch.Tensor, num_classes: int, *, plain: bool = False
 ) -> str:
-    """The path for ``impl``; "auto": triton on CUDA where the kernels run (margin losses; see
-    kernels.auto_picks_triton), chunked when N * C is large (measured crossover on CPU, a
-    larger one elsewhere), else eager."""
+    """The path for ``impl``; "auto": triton on CUDA where the kernels run and passed their
+    self-check (margin losses; see kernels.auto_picks_triton), chunked when N * C is large
+    (measured crossover on CPU, a larger one elsewhere), else eager."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if plain and impl == "triton":
         raise ValueError("impl='triton' covers the margin losses; use 'chunked' for plain softmax")
     if impl != "auto":
         return impl
-    if embeddings.is_cuda and not plain:
+    if not plain:
         from .kernels import auto_picks_triton
 
-        if auto_picks_triton(embeddings.device):
+        if auto_picks_triton(embeddings):
             return "triton"
     cpu = embeddings.device.type == "cpu"
     threshold = AUTO_CHUNK_ELEMENTS_CPU if cpu else AUTO_CHUNK_ELEMENTS

@@ -46,15 +46,16 @@ def check_impl(impl: str) -> str:
 
 
 def use_triton(impl: str, weight: torch.Tensor) -> bool:
-    """Whether the shard primitives run on the Triton kernels for this weight. "triton" where
-    they cannot run at all raises; float64 and too large an embedding size go to chunked, as
-    in margin_cross_entropy(impl="triton")."""
+    """Whether the shard primitives run on the Triton kernels for this weight. "auto": as
+    margin_cross_entropy decides (kernels.auto_picks_triton: the same self-check). "triton"
+    where they cannot run at all raises; float64 and too large an embedding size go to
+    chunked, as in margin_cross_entropy(impl="triton")."""
     if check_impl(impl) == "chunked":
         return False
     from ..kernels import auto_picks_triton, check_runnable, kernels_fit
 
     if impl == "auto":
-        return auto_picks_triton(weight.device) and kernels_fit(weight)
+        return auto_picks_triton(weight)
     check_runnable(weight, "the head's weight")
     return kernels_fit(weight)
 

@@ -1,7 +1,8 @@
 """Triton kernels. Importing this package never imports triton; triton_available() says
 whether the kernels can run at all (triton importable and a CUDA device, or
-TRITON_INTERPRET=1), auto_picks_triton(device) whether impl="auto" runs them on a device.
-The design is in docs/triton.md."""
+TRITON_INTERPRET=1), gpu_runs_kernels(device) whether a device is one they are built for,
+auto_picks_triton(tensor) whether impl="auto" runs them on a tensor's device and dtype
+(after their self-check, self_check.py). The design is in docs/triton.md."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import torch
 
 from ..margins import Margin
+from . import self_check
 
 
 def _interpreter_requested() -> bool:
@@ -29,7 +31,7 @@ MIN_CAPABILITY = (8, 0)  # Triton >= 3.3 builds for NVIDIA sm_80 and newer; bf16
 def device_unsupported(device: torch.device) -> str | None:
     """Why the compiled kernels cannot run on this CUDA device, or None. Triton dropped
     Turing (7.5) and older NVIDIA GPUs in 3.3, and its bfloat16 dots need 8.0. ROCm devices
-    are not refused (the kernels have not run there: auto_picks_triton leaves them out)."""
+    are not refused (the kernels have not run there: gpu_runs_kernels leaves them out)."""
     if torch.version.hip is not None:
         return None
     major, minor = torch.cuda.get_device_capability(device)
@@ -39,12 +41,24 @@ def device_unsupported(device: torch.device) -> str | None:
             f"the Triton kernels need {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer")
 
 
-def auto_picks_triton(device: torch.device) -> bool:
-    """Whether impl="auto" runs the kernels on tensors of this device: an NVIDIA GPU of
-    compute capability >= 8.0 with triton importable (elsewhere auto takes chunked)."""
+def gpu_runs_kernels(device: torch.device) -> bool:
+    """Whether the kernels are built for this device: an NVIDIA GPU of compute capability
+    >= 8.0 with triton importable (elsewhere impl="auto" never picks them)."""
     return (device.type == "cuda" and torch.version.hip is None
             and importlib.util.find_spec("triton") is not None
             and device_unsupported(device) is None)
+
+
+def auto_picks_triton(tensor: torch.Tensor) -> bool:
+    """Whether impl="auto" runs the kernels on this tensor (the embeddings or a weight,
+    (., D)): unless MARGIN_SOFTMAX_TRITON is "off", on a device gpu_runs_kernels accepts, in
+    a dtype and D they cover (kernels_fit), once their self-check passed for that device and
+    dtype ("on": unchecked). Every "auto" that may pick the kernels asks this."""
+    mode = self_check.mode()
+    if mode == "off" or not gpu_runs_kernels(tensor.device) or not kernels_fit(tensor):
+        return False
+    return mode == "on" or self_check.kernels_pass(tensor.device, tensor.dtype,
+                                                   tensor.shape[1])
 
 
 def check_runnable(tensor: torch.Tensor, name: str = "embeddings") -> None:
