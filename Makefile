@@ -7,4 +7,10 @@ test:
 	.venv/bin/ruff check src tests benchmarks
 	TRITON_INTERPRET=1 .venv/bin/python -m pytest -n 2 tests
 
-.PHONY: compare test
+# Every kernel and tuning candidate compiled for sm_80 and sm_90a with Triton's compiler and
+# its ptxas, no GPU needed; fails on a compile error or spills above docs/kernel_spills.json.
+kernels:
+	bash scripts/setup.sh
+	.venv/bin/python scripts/kernel_resources.py --check
+
+.PHONY: compare kernels test
