@@ -21,7 +21,7 @@ from margin_softmax.cli import compare, train
 from margin_softmax.cli import eval as evaluate
 from margin_softmax.cli.main import main
 from margin_softmax.registry import build_head
-from margin_softmax.training import TrainConfig, build_model, fit
+from margin_softmax.training import TrainConfig, build_model, fit, save_checkpoint
 
 TINY = ["--epochs", "2", "--batch-size", "16", "--hidden-dim", "8", "--embedding-dim", "4",
         "--threads", "1", "--quiet"]
@@ -148,16 +148,29 @@ def test_eval_write_scores_past_a_real_size_limit_keeps_the_old_file(eval_files)
 
 
 def test_a_checkpoint_save_past_a_real_size_limit_keeps_the_last_one(npz, tmp_path):
-    ckpt = tmp_path / "ck"
-    assert run(["train", npz, *TINY, "--checkpoint-dir", ckpt, "--stop-after", "1"]) == 0
+    ckpt, wide = tmp_path / "ck", [*TINY, "--hidden-dim", "64"]
+    assert run(["train", npz, *wide, "--checkpoint-dir", ckpt, "--stop-after", "1"]) == 0
     before = (ckpt / "checkpoint.pt").read_bytes()
-    assert len(before) > 4096
-    done = run_size_limited(["train", npz, *TINY, "--checkpoint-dir", ckpt, "--resume"])
+    assert len(before) > 32768  # past Python's write buffer: the write fails inside torch.save
+    done = run_size_limited(["train", npz, *wide, "--checkpoint-dir", ckpt, "--resume"])
     assert done.returncode == 2, done.stderr
     assert f"--checkpoint-dir {ckpt / 'checkpoint.pt'}: cannot write (File too large)" in \
         done.stderr
     assert (ckpt / "checkpoint.pt").read_bytes() == before
     assert left_in(ckpt) == ["checkpoint.pt"]
+
+
+def test_save_checkpoint_on_a_full_disk_says_so_and_keeps_the_last_one(tmp_path, monkeypatch):
+    state = {"weight": torch.arange(20000.0)}
+    save_checkpoint(tmp_path / "c.pt", {"weight": torch.zeros(3)})
+    before = (tmp_path / "c.pt").read_bytes()
+    for room in (0, 1, 40000, 80000):
+        with monkeypatch.context() as patch:
+            fill_disk(patch, tmp_path, room)
+            with pytest.raises(OSError, match="No space"):  # not torch's "unexpected pos"
+                save_checkpoint(tmp_path / "c.pt", state)
+        assert (tmp_path / "c.pt").read_bytes() == before
+        assert left_in(tmp_path) == ["c.pt"]
 
 
 @pytest.mark.parametrize("name", ["e.npy", "e.npz"])
