@@ -753,16 +753,18 @@ def test_curricularface_t_loaded_on_one_rank_only_is_a_value_error_on_every_rank
 # training mode
 def test_adacos_scale_loaded_on_one_rank_only_is_a_value_error_on_every_rank(ranks):
     """Each rank sums exp(s_old cos) over its shard with its own s_old; the combined sum
-    gives every rank the same new scale, so the target logits agree and nothing is said."""
+    gives every rank the same new scale, so the target logits would agree: the handshake's
+    agreement check names the scale first."""
     for rank, result in enumerate(ranks[3]):
         found, message, _ = result["disagree"]["adacos_train"]
-        assert (found, "differ" in message) == ("ValueError", True), (rank, message)
+        assert (found, "disagree on the head: scale [" in message) == ("ValueError", True), \
+            (rank, message)
 
 
 def test_adacos_scale_different_on_one_rank_in_eval_is_a_value_error(ranks):
     for rank, result in enumerate(ranks[3]):
         found, message, seconds = result["disagree"]["adacos_eval"]
-        assert (found, "running state differs" in message) == ("ValueError", True), rank
+        assert (found, "disagree on the head: scale [" in message) == ("ValueError", True), rank
         assert seconds < 2.0
 
 

@@ -264,8 +264,9 @@ def test_a_rank_with_frozen_embeddings_neither_hangs_nor_changes_the_others(runs
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_with_different_draws_raise_on_every_rank(runs, world):
     for result in runs[world]:
-        # the generators differ: the running-state check catches it before any draw
-        assert "running state differs" in result["seed_mismatch"], result["seed_mismatch"]
+        # the seeds differ: the handshake's agreement check names them before any draw
+        assert "the ranks disagree on the head: seed [" in result["seed_mismatch"], \
+            result["seed_mismatch"]
 
 
 def test_running_state_moves_with_the_checkpoint(runs):

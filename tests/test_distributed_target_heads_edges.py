@@ -680,8 +680,8 @@ def test_bad_input_on_one_rank_is_the_same_error_on_every_rank(ranks, case, kind
 
 @pytest.mark.parametrize("case,words", [
     ("load_state_dict", "running state differs"),  # caught before any state moves
-    ("scheduler", "different target logits"),
-    ("eval", "different target logits"),
+    ("scheduler", "l_margin [0.45, 0.45, 0.5]"),  # the handshake's agreement check
+    ("eval", "training [False, True, True]"),
     ("nan_weight", "rank(s) [1]"),
 ])
 def test_ranks_that_disagree_raise_the_same_value_error_on_every_rank(ranks, case, words):

@@ -2,7 +2,8 @@
 centres and runs the steps that every sharded head shares; subclasses define the loss.
 
     forward(local_embeddings (n_r, D), local_labels (n_r,)):
-        handshake          check every rank's inputs, agree on the batch sizes (handshake.py)
+        handshake          check every rank's inputs and that the ranks' heads agree
+                           (agreement.py), agree on the batch sizes (handshake.py)
         gather labels      the global labels (N,), in rank order
         local_target       each label's row in this rank's block, -1 where another rank owns it
         sample             sample_rate < 1 in training: the positives and a uniform sample of
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ..validation import check_positive_int, check_scale
+from .agreement import head_config
 from .comm import all_gather_stack, gather_rows, rank_and_world_size
 from .handshake import BatchLayout, handshake
 from .sampling import check_sample_rate, remap_targets, sample_rows, step_generator
@@ -88,7 +90,7 @@ class ShardedHead(nn.Module):
             x = x.to(amp_dtype)
         like = self.weight if amp_dtype is None else self.weight[:0].to(amp_dtype)  # (0, D)
         layout = handshake(x, local_labels, like, self.num_classes, self.group,
-                           self.check_parameters)
+                           self.check_parameters, head_config(self, like.dtype))
         if layout.total == 0:  # no sample anywhere: a zero that keeps the graph
             return (x.sum() + self.weight.sum()) * 0
         labels = gather_rows(local_labels.long(), layout.sizes, self.group)  # (N,)

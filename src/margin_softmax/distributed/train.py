@@ -38,13 +38,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..cli.common import nonnegative_float, positive_float, positive_int, seed_int
 from ..validation import check_scale
+from .agreement import disagreement
 from .checkpoint import (
     load_sharded,
     load_trainer_state,
     optimizer_state_without_head,
     save_sharded,
 )
-from .comm import object_gather
+from .comm import all_gather_objects, object_gather
 from .commit import check_keep_last, check_save_directory, on_every_rank
 from .partial_fc import PartialFC
 from .sampled_optimizer import SampledRowsOptimizer
@@ -166,8 +167,19 @@ def build_head(args) -> ShardedHead:
     return kind(args.embedding_dim, args.classes, **margins, **common)
 
 
+def check_same_options(args, world: int) -> None:
+    """The same ValueError on every rank when the ranks were given different options (a
+    --loss, --scale, --seed or --sample-rate per rank): each rank would train another head."""
+    if world > 1:
+        options = {key: value for key, value in vars(args).items() if key != "log_every"}
+        problem = disagreement(all_gather_objects(options), "options")
+        if problem:
+            raise ValueError(problem)
+
+
 def train(args) -> list[float]:
     rank, world, device = init_distributed(args)
+    check_same_options(args, world)
     torch.manual_seed(args.seed)  # the same backbone on every rank (DDP also broadcasts it)
     centres = torch.randn(args.classes, args.input_dim,
                           generator=torch.Generator().manual_seed(args.seed))
