@@ -8,13 +8,12 @@ and goes on training with K = 1. These helpers find both, over any number of sam
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .functional import normalize
-from .validation import check_embeddings, check_labels, check_positive_int
+from .validation import check_embeddings, check_labels, check_positive_int, real_number
 
 
 @dataclass(frozen=True)
@@ -49,18 +48,20 @@ def find_outliers(
     weight (C*K, D) with class c in rows c*K ... c*K + K - 1; embeddings (N, D); labels (N,).
     The dominant sub-centre of class c is the one that is nearest to most of the class's
     samples (ties: the lowest index); a sample is an outlier when its angle to that
-    sub-centre exceeds ``threshold_degrees`` (the paper's 75). Memory O(N * K), not O(N * C).
+    sub-centre exceeds ``threshold_degrees`` in [0, 180] (the paper's 75; 180: no outliers,
+    0: every sample off its sub-centre). Memory O(N * K), not O(N * C).
     """
     sub_centers = check_positive_int("sub_centers", sub_centers)
+    threshold = real_number("threshold_degrees", threshold_degrees)
+    if not 0 <= threshold <= 180:
+        raise ValueError(f"threshold_degrees must be in [0, 180], got {threshold_degrees!r}")
+    check_embeddings(embeddings, weight)
     if weight.shape[0] % sub_centers:
         raise ValueError(
             f"weight has {weight.shape[0]} rows, not a multiple of sub_centers={sub_centers}"
         )
-    if not 0 < threshold_degrees < 180:
-        raise ValueError(f"threshold_degrees must be in (0, 180), got {threshold_degrees!r}")
-    check_embeddings(embeddings, weight)
     num_classes = weight.shape[0] // sub_centers
-    labels = check_labels(labels, embeddings.shape[0], num_classes)
+    labels = check_labels(labels, embeddings.shape[0], num_classes, embeddings.device)
 
     centres = normalize(weight).view(num_classes, sub_centers, -1)  # (C, K, D)
     chunks = [
@@ -76,9 +77,9 @@ def find_outliers(
     dominant = torch.where(counts.sum(1) > 0, counts.argmax(dim=1), -1)  # (C,)
 
     cos_dominant = cos.gather(1, dominant[labels][:, None]).squeeze(1)  # (N,)
-    angle = torch.acos(cos_dominant.clamp(-1.0, 1.0))
-    outliers = cos_dominant < math.cos(math.radians(threshold_degrees))
-    return SubCenterCleaning(dominant, angle, outliers)
+    angle = torch.acos(cos_dominant.clamp(-1.0, 1.0).double())  # float64: 0, 90, 180 exact
+    outliers = torch.rad2deg(angle) > threshold  # none at 180
+    return SubCenterCleaning(dominant, angle.to(cos.dtype), outliers)
 
 
 @torch.no_grad()

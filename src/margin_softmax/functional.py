@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from .margins import Margin, apply_margin
-from .validation import check_embeddings, check_finite, check_labels, check_scale
+from .validation import (
+    check_bias,
+    check_embeddings,
+    check_finite,
+    check_labels,
+    check_scale,
+    check_tensor,
+)
+from .zero_rows import zero_rows_get_no_gradient
 
 IMPLS = ("auto", "eager", "chunked", "triton")
 REDUCTIONS = ("mean", "sum", "none")
@@ -97,12 +105,12 @@ def margin_cross_entropy(
     ``margin`` (a Margin) may be passed instead of m1, m2, m3, fallback, straight_through, blend.
     """
     embeddings, weight, labels, out_dtype = checked_inputs(embeddings, weight, labels, reduction)
+    embeddings = zero_rows_get_no_gradient(embeddings)  # normalised: x / max(|x|, eps)
     scale = check_scale(scale)
     if margin is None:
         margin = Margin(m1, m2, m3, fallback, blend, straight_through)
     if embeddings.shape[0] == 0:
-        empty = embeddings.sum() * 0
-        return empty.expand(0) if reduction == "none" else empty
+        return empty_loss(reduction, embeddings, weight).to(out_dtype)
 
     row_scale = scale * embeddings.norm(dim=1) if scale_by_norm else None  # (N,) or None
     kind = resolve_impl(impl, embeddings, weight.shape[0])
@@ -135,6 +143,13 @@ def checked_inputs(embeddings, weight, labels, reduction: str):
     return embeddings, weight, labels, out_dtype
 
 
+def empty_loss(reduction: str, *tensors: torch.Tensor | None) -> torch.Tensor:
+    """The loss of an empty batch: 0 (shape (0,) for reduction="none"), in the graph of every
+    tensor given, so that backward gives each of them a zero gradient (not None)."""
+    empty = sum(t.sum() * 0 for t in tensors if t is not None)
+    return empty.expand(0) if reduction == "none" else empty
+
+
 def checked_loss(loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """loss as it is, or a ValueError naming the weight when the loss is not finite because
     the weight holds NaN or inf (a diverged run): the (C, D) weight is only scanned then."""
@@ -153,6 +168,8 @@ def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 def autocast_inputs(embeddings: torch.Tensor, weight: torch.Tensor):
     """Under autocast, cast both to the autocast dtype and return the loss in float32 (as
     F.cross_entropy does there); otherwise leave them and return the loss in their dtype."""
+    check_tensor("embeddings", embeddings)
+    check_tensor("weight", weight)
     device = embeddings.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
@@ -212,9 +229,11 @@ def target_cross_entropy(
     not with non_target), "auto" choosing as margin_cross_entropy does (chunked instead of
     triton with non_target). Returns the loss in the embeddings' dtype."""
     embeddings, weight, labels, out_dtype = checked_inputs(embeddings, weight, labels, reduction)
+    embeddings = zero_rows_get_no_gradient(embeddings)  # normalised: x / max(|x|, eps)
     scale = check_scale(scale)
-    if not isinstance(target_logit, torch.Tensor) or not target_logit.is_floating_point():
-        raise TypeError(f"target_logit must be a float tensor, got {target_logit!r}")
+    check_tensor("target_logit", target_logit)
+    if not target_logit.is_floating_point():
+        raise TypeError(f"target_logit must be a float tensor, got dtype {target_logit.dtype}")
     if target_logit.shape != labels.shape or target_logit.device != embeddings.device:
         raise ValueError(
             f"target_logit must have shape {tuple(labels.shape)} on {embeddings.device}, got "
@@ -230,8 +249,7 @@ def target_cross_entropy(
         raise ValueError("impl='triton' has no non-target transform (non_target, e.g. "
                          "CurricularFace); use impl='chunked'")
     if embeddings.shape[0] == 0:
-        empty = embeddings.sum() * 0 + target_logit.sum() * 0
-        return empty.expand(0) if reduction == "none" else empty
+        return empty_loss(reduction, embeddings, weight, target_logit).to(out_dtype)
     path = resolve_impl(impl, embeddings, weight.shape[0], plain=non_target is not None)
     if path == "triton":
         from .kernels import triton_target_cross_entropy
@@ -266,9 +284,10 @@ def margin_logits(
     are given (training view) and plain scale * cos where labels is None (evaluation view)."""
     embeddings, weight, _ = autocast_inputs(embeddings, weight)
     check_embeddings(embeddings, weight)
+    if labels is not None:
+        labels = check_labels(labels, embeddings.shape[0], weight.shape[0], embeddings.device)
     cos = cosine_logits(embeddings, weight)  # (N, C)
     if labels is not None and margin is not None and not margin.is_identity:
-        labels = check_labels(labels, embeddings.shape[0], weight.shape[0])
         target = labels[:, None]  # (N, 1)
         psi = apply_margin(cos.gather(1, target).squeeze(1), margin)
         cos = cos.scatter(1, target, psi[:, None])
@@ -305,6 +324,11 @@ def softmax_cross_entropy(
     embeddings (N, D), weight (C, D), bias (C,) or None, labels (N,). impl: "auto", "eager"
     or "chunked" (never holds the (N, C) logits)."""
     embeddings, weight, labels, out_dtype = checked_inputs(embeddings, weight, labels, reduction)
+    if bias is not None:
+        check_bias(bias, weight)
+        bias = bias.to(weight.dtype)
+    if embeddings.shape[0] == 0:
+        return empty_loss(reduction, embeddings, weight, bias).to(out_dtype)
     if resolve_impl(impl, embeddings, weight.shape[0], plain=True) == "chunked":
         from .chunked import chunked_softmax_cross_entropy
 

@@ -5,6 +5,9 @@ replaced by ``s * psi(cos_iy)``. With ``theta = arccos(cos)`` and ``t = m1 * the
 
     psi(cos) = cos(t) - m3                                    (the combined margin)
 
+with m1 > 0, m2 in [0, pi) radians and m3 in [0, 2) (a cosine offset: at m3 = 2 no target
+could beat any non-target).
+
 | kind                 | m1 | m2 | m3 | fallback   |
 | -------------------- | -- | -- | -- | ---------- |
 | NormFace             | 1  | 0  | 0  | -          |
@@ -41,6 +44,17 @@ import torch
 from .validation import real_number
 
 FALLBACKS = ("none", "seed", "continuous", "easy", "piecewise")
+M3_MAX = 2.0  # m3 in [0, 2): below 2, a target at cos = 1 still beats a non-target at cos = -1
+
+
+def check_m3(value, name: str = "m3") -> float:
+    """The additive cosine margin (CosFace's margin, the combined margin's m3) as a float in
+    [0, M3_MAX); the ValueError names ``name`` and the value."""
+    value = real_number(name, value)
+    if not 0 <= value < M3_MAX:
+        raise ValueError(f"{name} (additive cosine margin) must be in [0, {M3_MAX:g}), "
+                         f"got {value!r}")
+    return value
 
 
 def clamp_eps(dtype: torch.dtype) -> float:
@@ -61,6 +75,7 @@ class Margin:
     straight_through: bool = False
 
     def __post_init__(self) -> None:
+        check_m3(self.m3)
         for name in ("m1", "m2", "m3", "blend"):
             value = real_number(name, getattr(self, name))
             object.__setattr__(self, name, value)  # a Python float (frozen dataclass)

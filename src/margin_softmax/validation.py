@@ -40,6 +40,15 @@ def check_positive_int(name: str, value) -> int:
     return value
 
 
+def check_tensor(name: str, value) -> None:
+    """TypeError naming ``name`` and the type given, unless value is a torch.Tensor (a NumPy
+    array or a list is not converted: its dtype and device would be guesses)."""
+    if not isinstance(value, torch.Tensor):
+        kind = type(value)
+        where = "" if kind.__module__ == "builtins" else f"{kind.__module__}."
+        raise TypeError(f"{name} must be a torch.Tensor, got {where}{kind.__qualname__}")
+
+
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise if ``tensor`` holds NaN or inf (one reduction; a host sync on GPU)."""
     if not bool(torch.isfinite(tensor).all()):
@@ -49,14 +58,12 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
 
 def check_embeddings(embeddings: torch.Tensor, weight: torch.Tensor) -> None:
     """embeddings (N, D) and weight (C, D): float tensors of one dtype and device."""
-    if not isinstance(embeddings, torch.Tensor):
-        raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+    check_tensor("embeddings", embeddings)
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must be 2-D (N, D), got shape {tuple(embeddings.shape)}")
     if not embeddings.is_floating_point():
         raise TypeError(f"embeddings must be a float tensor, got dtype {embeddings.dtype}")
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    check_tensor("weight", weight)
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (C, D), got shape {tuple(weight.shape)}")
     if embeddings.shape[1] != weight.shape[1]:
@@ -76,12 +83,21 @@ def check_embeddings(embeddings: torch.Tensor, weight: torch.Tensor) -> None:
     check_finite("embeddings", embeddings)
 
 
+def check_bias(bias: torch.Tensor, weight: torch.Tensor) -> None:
+    """bias: a float (C,) tensor on the weight's device, for weight (C, D)."""
+    check_tensor("bias", bias)
+    if not bias.is_floating_point() or tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be a float tensor of shape ({weight.shape[0]},), got "
+                         f"shape {tuple(bias.shape)}, dtype {bias.dtype}")
+    if bias.device != weight.device:
+        raise ValueError(f"bias is on {bias.device} but weight is on {weight.device}")
+
+
 def check_labels(labels: torch.Tensor, num_samples: int, num_classes: int,
                  device: torch.device | None = None) -> torch.Tensor:
     """labels: int (N,) class indices in [0, num_classes) (on ``device`` where given).
     Returns them as int64."""
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    check_tensor("labels", labels)
     if device is not None and labels.device != device:
         raise ValueError(f"labels are on {labels.device} but the embeddings are on {device}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:

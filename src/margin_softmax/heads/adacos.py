@@ -94,7 +94,7 @@ class AdaCos(AdaptiveScale, MarginHead):
         return Margin()
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dynamic and embeddings.shape[0] > 0:
+        if self.training and self.dynamic:
             self.update_scale(embeddings, labels)
         return super().forward(embeddings, labels)
 
@@ -102,11 +102,13 @@ class AdaCos(AdaptiveScale, MarginHead):
     @torch.no_grad()
     def update_scale(self, embeddings: torch.Tensor, labels: torch.Tensor) -> float:
         """The dynamic update from one batch; returns the new scale. B_avg is accumulated as
-        a log-sum-exp over blocks of classes (no (N, C) matrix, no overflow); a batch whose
-        update is not a finite positive number leaves the scale unchanged."""
+        a log-sum-exp over blocks of classes (no (N, C) matrix, no overflow); an empty batch, or
+        one whose update is not a finite positive number, leaves the scale unchanged."""
         embeddings, weight, _ = autocast_inputs(embeddings, self.weight)  # as the loss does
         check_embeddings(embeddings, weight)
-        labels = check_labels(labels, embeddings.shape[0], self.num_classes)
+        labels = check_labels(labels, embeddings.shape[0], self.num_classes, embeddings.device)
+        if embeddings.shape[0] == 0:
+            return self.scale
         x = normalize(embeddings.float() if embeddings.dtype != torch.float64 else embeddings)
         w = weight.to(x.dtype)
         n, s_old = x.shape[0], self.scale

@@ -38,8 +38,9 @@ class ClassCentresHead(nn.Module):
     @torch.no_grad()
     def accuracy(self, embeddings: torch.Tensor, labels: torch.Tensor) -> float:
         """Top-1 accuracy in percent over the plain (margin-free) logits."""
-        labels = check_labels(labels, embeddings.shape[0], self.num_classes)
-        return float((self.predict(embeddings) == labels).float().mean() * 100)
+        predicted = self.predict(embeddings)  # checks the embeddings first
+        labels = check_labels(labels, embeddings.shape[0], self.num_classes, embeddings.device)
+        return float((predicted == labels).float().mean() * 100)
 
     def loss_and_accuracy(self, embeddings: torch.Tensor, labels: torch.Tensor):
         """(loss, top-1 accuracy in percent): the seed's ``loss, prec1 = aam(x, label)``.

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..functional import autocast_inputs, softmax_cross_entropy
-from ..margins import Margin
-from ..validation import check_embeddings
+from ..margins import Margin, check_m3
+from ..validation import check_embeddings, check_labels
 from .base import ClassCentresHead, MarginHead
 
 
@@ -27,7 +27,8 @@ class NormFace(MarginHead):
 
 
 class CosFace(MarginHead):
-    """CosFace / AM-Softmax: target logit s (cos(theta) - margin)."""
+    """CosFace / AM-Softmax: target logit s (cos(theta) - margin), margin in [0, 2) (a
+    cosine offset, margins.M3_MAX)."""
 
     def __init__(
         self,
@@ -43,7 +44,7 @@ class CosFace(MarginHead):
         self.margin_spec()  # validate now, not at the first forward
 
     def margin_spec(self) -> Margin:
-        return Margin(m3=self.margin)
+        return Margin(m3=check_m3(self.margin, "margin"))
 
 
 class ArcFace(MarginHead):
@@ -124,15 +125,21 @@ class SphereFace(MarginHead):
         return Margin(m1=float(self.margin), fallback="piecewise", blend=self.blend)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.training and self.anneal:
-            self.iteration += 1
-        return super().forward(embeddings, labels)
+        if not (self.training and self.anneal):
+            return super().forward(embeddings, labels)
+        self.iteration += 1
+        try:
+            return super().forward(embeddings, labels)
+        except (TypeError, ValueError):  # bad input: the step did not happen
+            self.iteration -= 1
+            raise
 
 
 class CombinedMargin(MarginHead):
-    """Combined margin: target logit s (cos(m1 theta + m2) - m3), for any valid m1, m2, m3
-    (InsightFace's (1.0, 0.3, 0.2) by default), the full formula: fallback="none" by default;
-    "continuous", "piecewise", "easy" or (m1 == 1) "seed" where m1 theta + m2 > pi."""
+    """Combined margin: target logit s (cos(m1 theta + m2) - m3), for any m1 > 0, m2 in
+    [0, pi), m3 in [0, 2) (InsightFace's (1.0, 0.3, 0.2) by default), the full formula:
+    fallback="none" by default; "continuous", "piecewise", "easy" or (m1 == 1) "seed" where
+    m1 theta + m2 > pi."""
 
     def __init__(
         self,
@@ -174,6 +181,8 @@ class SoftmaxLoss(ClassCentresHead):
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None):
         embeddings, weight, _ = autocast_inputs(embeddings, self.weight)
         check_embeddings(embeddings, weight)
+        if labels is not None:  # no margin to apply, but the same checks as every head
+            check_labels(labels, embeddings.shape[0], self.num_classes, embeddings.device)
         return torch.nn.functional.linear(embeddings, weight, self.bias)
 
     @torch.no_grad()

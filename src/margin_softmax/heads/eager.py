@@ -23,11 +23,13 @@ from ..functional import (
     autocast_inputs,
     checked_loss,
     cosine_logits,
+    empty_loss,
     target_cosines,
     target_cross_entropy,
 )
 from ..margins import clamp_eps
 from ..validation import check_embeddings, check_labels, check_scale, real_number
+from ..zero_rows import zero_rows_get_no_gradient
 from .base import ClassCentresHead
 
 ARC_FALLBACKS = ("none", "seed", "continuous", "easy")
@@ -140,13 +142,14 @@ class EagerHead(ClassCentresHead):
         embeddings, weight, out_dtype = autocast_inputs(embeddings, self.weight)
         check_embeddings(embeddings, weight)
         if labels is not None:
-            labels = check_labels(labels, embeddings.shape[0], self.num_classes)
-        return embeddings, weight, labels, out_dtype
+            labels = check_labels(labels, embeddings.shape[0], self.num_classes,
+                                  embeddings.device)
+        return zero_rows_get_no_gradient(embeddings), weight, labels, out_dtype
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings, weight, labels, out_dtype = self._inputs(embeddings, labels)
         if embeddings.shape[0] == 0:
-            return (embeddings.sum() * 0 + weight.sum() * 0).to(out_dtype)
+            return empty_loss("mean", embeddings, weight).to(out_dtype)
         cos = self.cosine(embeddings, weight)  # (N, C)
         if self.training:
             with torch.no_grad():
@@ -202,7 +205,7 @@ class TargetLogitHead(EagerHead):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings, weight, labels, out_dtype = self._inputs(embeddings, labels)
         if embeddings.shape[0] == 0:
-            return (embeddings.sum() * 0 + weight.sum() * 0).to(out_dtype)
+            return empty_loss("mean", embeddings, weight).to(out_dtype)
         check_rule(self)  # before update_state: a bad margin moves no state
         cos_target = target_cosines(embeddings, weight, labels)  # (N,)
         if self.training:

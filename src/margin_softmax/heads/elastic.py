@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..margins import M3_MAX
 from .eager import ARC_FALLBACKS, TargetLogitHead, arc_margin, check_choice, check_float
 
 PLUS_ORDERS = ("paper", "official")
@@ -51,9 +52,11 @@ class ElasticRule:
     state), the draws in training, the mean margin in eval and in ``logits``. The head sets
     ``scale``; subclasses define ``margin_target``."""
 
+    MARGIN_MAX = torch.pi  # the mean margin lies in [0, MARGIN_MAX)
+
     def init_rule(self, margin: float, std: float, plus: bool, plus_order: str,
                   seed: int | None) -> None:
-        self.margin = check_float("margin", margin, 0.0, torch.pi, high_open=True)
+        self.margin = check_float("margin", margin, 0.0, self.MARGIN_MAX, high_open=True)
         self.std = check_float("std", std, 0.0)
         if not isinstance(plus, bool):
             raise TypeError(f"plus must be a bool, got {plus!r}")
@@ -70,7 +73,7 @@ class ElasticRule:
 
     def checked_margin(self) -> float:
         """``margin``, checked again at each forward (a MarginScheduler may change it)."""
-        return check_float("margin", self.margin, 0.0, torch.pi, high_open=True)
+        return check_float("margin", self.margin, 0.0, self.MARGIN_MAX, high_open=True)
 
     def draw_margins(self, n: int) -> torch.Tensor:
         """n margins from N(margin, std) (n,), float64 on the CPU; advances the generator."""
@@ -124,9 +127,10 @@ class ElasticArcRule(ElasticRule):
 
 
 class ElasticCosRule(ElasticRule):
-    """ElasticFace-Cos's target: cos - m_i."""
+    """ElasticFace-Cos's target: cos - m_i; the mean margin in CosFace's [0, 2)."""
 
     KIND = "ElasticFace-Cos"
+    MARGIN_MAX = M3_MAX
 
     def margin_target(self, cos_target, m):
         return cos_target - m
