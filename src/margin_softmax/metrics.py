@@ -14,12 +14,16 @@ the axes through the probit (``scipy.stats.norm.ppf``) is the caller's job, so t
 separate ``det_points``.
 
 Inputs may be NumPy arrays, lists or torch tensors (converted with ``.detach().cpu()``); torch
-is never imported here.
+is never imported here. Scores are ints or floats (bool, complex or strings: TypeError). A
+parameter of the wrong type is a TypeError, one out of its range a ValueError, each naming
+the parameter and the value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +40,21 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _real_array(name: str, x: Any) -> np.ndarray:
+    """x as a NumPy array of ints or floats; TypeError for bool, complex, strings, objects."""
+    a = _to_numpy(x)
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"{name} must be real numbers (int or float); got dtype {a.dtype}")
+    return a
+
+
+def _real_param(name: str, value: Any) -> float:
+    """A parameter as a float: any real number (NumPy's too), not a bool, a string or None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    return float(value)
+
+
 def _check_finite(name: str, x: np.ndarray) -> None:
     bad = ~np.isfinite(x)
     if bad.any():
@@ -45,7 +64,7 @@ def _check_finite(name: str, x: np.ndarray) -> None:
 
 def _check_trials(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate verification trials; return scores (n,) float and labels (n,) bool."""
-    s = _to_numpy(scores)
+    s = _real_array("scores", scores)
     y = _to_numpy(labels)
     if s.ndim != 1:
         raise ValueError(f"scores must be 1-D; got shape {s.shape}")
@@ -58,8 +77,6 @@ def _check_trials(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
             f"scores and labels must have the same length; got len(scores)={s.size}, "
             f"len(labels)={y.size}"
         )
-    if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)):
-        raise ValueError(f"scores must be real numbers; got dtype {s.dtype}")
     if s.dtype not in (np.float32, np.float64):
         s = s.astype(np.float64)
     _check_finite("scores", s)
@@ -87,7 +104,7 @@ def accuracy(scores: Any, labels: Any, topk: Sequence[int] = (1,)) -> list[float
     A sample counts as correct for k when rank < k, where rank = #{c != y : s_c >= s_y}.
     Ties therefore count against the true class: constant scores give accuracy 0 for k < C.
     """
-    s = _to_numpy(scores)
+    s = _real_array("scores", scores)
     y = _to_numpy(labels)
     if s.ndim != 2:
         raise ValueError(f"scores must be 2-D (N, C); got shape {s.shape}")
@@ -107,6 +124,8 @@ def accuracy(scores: Any, labels: Any, topk: Sequence[int] = (1,)) -> list[float
         bad = y[(y < 0) | (y >= c)][0]
         raise ValueError(f"labels must lie in [0, {c}); found {bad}")
     _check_finite("scores", s)
+    if isinstance(topk, str) or not isinstance(topk, Iterable):
+        raise TypeError(f"topk must be a sequence of ints; got {topk!r}")
     ks = list(topk)
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= c:
@@ -171,12 +190,13 @@ def min_dcf(
     divided by  min(c_miss p_target, c_fa (1 - p_target))  (the cost of the best trivial system).
     The minimum includes accepting nothing and accepting everything. scores (n,), labels (n,).
     """
+    p_target = _real_param("p_target", p_target)
     if not 0.0 < p_target < 1.0:
-        raise ValueError(f"p_target must lie in (0, 1); got {p_target}")
-    if not (np.isfinite(c_miss) and c_miss > 0):
-        raise ValueError(f"c_miss must be a positive finite number; got {c_miss}")
-    if not (np.isfinite(c_fa) and c_fa > 0):
-        raise ValueError(f"c_fa must be a positive finite number; got {c_fa}")
+        raise ValueError(f"p_target must lie in (0, 1); got {p_target!r}")
+    c_miss, c_fa = _real_param("c_miss", c_miss), _real_param("c_fa", c_fa)
+    for name, cost in (("c_miss", c_miss), ("c_fa", c_fa)):
+        if not (math.isfinite(cost) and cost > 0):
+            raise ValueError(f"{name} must be a positive finite number; got {cost!r}")
     far, frr, _ = roc_points(scores, labels)
     cost = c_miss * p_target * frr + c_fa * (1.0 - p_target) * far  # (m + 1,)
     return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
@@ -188,8 +208,9 @@ def tar_at_far(scores: Any, labels: Any, far: float = 1e-3) -> float:
     scores (n,), labels (n,). Accepting nothing (TAR 0) always qualifies, so the result is in
     [0, 1]. With few non-targets FAR moves in steps of 1 / #non-targets.
     """
+    far = _real_param("far", far)
     if not 0.0 <= far <= 1.0:
-        raise ValueError(f"far must lie in [0, 1]; got {far}")
+        raise ValueError(f"far must lie in [0, 1]; got {far!r}")
     far_pts, frr, _ = roc_points(scores, labels)
     i = int(np.searchsorted(far_pts, far, side="right")) - 1  # last point with FAR <= far
     return float(1.0 - frr[i])
