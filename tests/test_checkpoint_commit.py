@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -272,3 +273,109 @@ def test_kill_9_during_a_real_save_leaves_one_whole_save(tmp_path):
     assert done.returncode == 0, done.stderr
     assert load_trainer_state(ckpt)["step"] == 3
     assert len(list(ckpt.iterdir())) == 1 and not list(ckpt.rglob("*.tmp"))
+
+
+def two_rank_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Saves and loads on 2 gloo ranks where one rank fails or sees other files; records
+    (error type, message) or the loaded weight of each case."""
+    import torch.distributed as dist
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank,
+                            world_size=world, timeout=__import__("datetime").timedelta(seconds=20))
+    results = {}
+
+    def attempt(work):
+        try:
+            return ("no error", work())
+        except Exception as error:
+            return (type(error).__name__, str(error))
+
+    def weight_of(directory: str):
+        head = PartialFC(4, 9).double()
+        load_sharded(directory, head)
+        return head.weight.detach().clone()
+
+    head = PartialFC(4, 9).double()
+    shared = f"{out}/shared"
+    save_sharded(shared, head, trainer_state={"step": 1})
+    results["first"] = head.weight.detach().clone()
+    if rank == 1:  # rank 1's disk is full
+        atomic_files.open = DiskFull(100)
+    results["disk_full"] = attempt(lambda: save_sharded(shared, PartialFC(4, 9).double()))
+    if rank == 1:
+        del atomic_files.open
+    results["after_disk_full"] = attempt(lambda: weight_of(shared))
+    dist.barrier()
+    if rank == 0:  # cut rank 1's shard, which rank 0 does not read
+        path = committed_save(shared)["folder"] / "classes-5-9.pt"
+        path.write_bytes(path.read_bytes()[:100])
+    dist.barrier()
+    head = PartialFC(4, 9).double()
+    before = head.weight.detach().clone()
+    results["torn"] = attempt(lambda: load_sharded(shared, head))
+    results["torn_unchanged"] = torch.equal(head.weight, before)
+    local = f"{out}/local{rank}"  # a folder of each rank's own, as on node-local disks
+    for _ in range(2):
+        save_sharded(local, PartialFC(4, 9).double(), keep_last=2)
+    results["local"] = attempt(lambda: weight_of(local))
+    dist.barrier()
+    if rank == 1:  # rank 1's second save never committed on its disk
+        (Path(local) / "save-000002" / "manifest.json").unlink()
+    results["different_saves"] = attempt(lambda: weight_of(local))
+    torch.save(results, f"{out}/{rank}.pt")
+    os._exit(0)  # skip gloo's teardown after failed collectives
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    from gloo_processes import run_ranks
+
+    out = tmp_path_factory.mktemp("commit2")
+    run_ranks(two_rank_worker, 2, str(out), timeout=120.0)
+    return [torch.load(out / f"{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def test_a_full_disk_on_one_rank_is_the_same_error_on_both_and_the_save_is_not_taken(two_ranks):
+    errors = [r["disk_full"] for r in two_ranks]
+    assert errors[0] == errors[1] and errors[0][0] == "OSError", errors
+    assert errors[0][1].startswith("rank 1: ") and "No space left on device" in errors[0][1]
+    for result in two_ranks:
+        kind, weight = result["after_disk_full"]
+        assert kind == "no error" and torch.equal(weight, result["first"])
+
+
+def test_a_shard_cut_on_one_rank_is_refused_on_both_before_loading_anything(two_ranks):
+    errors = [r["torn"] for r in two_ranks]
+    assert errors[0] == errors[1] and errors[0][0] == "ValueError", errors
+    assert re.search(r"^rank 1: .*classes-5-9\.pt: 100 bytes, the manifest records",
+                     errors[0][1]), errors[0][1]
+    assert all(r["torn_unchanged"] for r in two_ranks)  # rank 0 read its shard, loaded nothing
+
+
+def test_node_local_folders_commit_and_ranks_that_see_different_saves_are_refused(two_ranks):
+    assert all(r["local"][0] == "no error" for r in two_ranks)
+    errors = [r["different_saves"] for r in two_ranks]
+    assert errors[0] == errors[1] and errors[0][0] == "ValueError", errors
+    message = errors[0][1]
+    assert "the ranks see different saves" in message
+    assert "local0/save-000002', 2), ('" in message and "local1/save-000001', 1)]" in message
+
+
+@pytest.mark.parametrize("damage", ["shard", "trainer"])
+def test_resuming_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, damage, capsys,
+                                                                    monkeypatch):
+    from margin_softmax.distributed.train import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    options = ["--classes", "30", "--batch-size", "4", "--steps", "1"]
+    assert main([*options, "--save", str(tmp_path)]) == 0
+    name = {"shard": "classes-0-30.pt", "trainer": "trainer.pt"}[damage]
+    path = tmp_path / "save-000001" / name
+    path.write_bytes(path.read_bytes()[: 10 if damage == "shard" else 0])
+    capsys.readouterr()
+    assert main([*options, "--steps", "2", "--resume", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rank 0: ValueError: "), err
+    assert f"{name}: {10 if damage == 'shard' else 0} bytes, the manifest records" in err

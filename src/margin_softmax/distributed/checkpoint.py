@@ -350,8 +350,8 @@ def load_sharded(directory: str | Path, head, optimizer=None) -> None:
     manifest, parts, state = on_every_rank(lambda: _read_for(directory, head, optimizer), gather)
     seen = gather((str(manifest["folder"]), manifest["save"]))
     if len({number for _, number in seen}) > 1:
-        raise ValueError(f"the ranks see different saves of {directory} ({seen} in rank "
-                         "order): a save committed on some ranks' file systems only")
+        raise ValueError(f"the ranks see different saves ({seen}: folder and save number in "
+                         "rank order): a save committed on some ranks' file systems only")
     saved = parts[0][0].get("state")
     if saved:  # first: a state that refuses this head (ElasticFace's kind) loads nothing
         head.load_state_dict(saved, strict=False)

@@ -22,6 +22,7 @@ group, or local_gather in a single process.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -59,15 +60,17 @@ def local_gather(obj) -> list:
 
 def all_gather_failures(error: BaseException | None, gather=local_gather) -> None:
     """Raise on every rank when a rank's part failed: the first failing rank's error (its
-    type when ValueError, TypeError or OSError, else RuntimeError), prefixed by its rank.
+    type when a ValueError, TypeError or OSError, else RuntimeError), prefixed by its rank.
     ``gather``: obj -> [every rank's obj] (all_gather_objects over the group)."""
     reports = gather(None if error is None else (type(error).__name__, str(error)))
     failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
     if failed:
         rank, (kind, message) = failed[0]
         prefix = f"rank {rank}: " if len(reports) > 1 else ""
-        raise {"ValueError": ValueError, "TypeError": TypeError,
-               "OSError": OSError}.get(kind, RuntimeError)(prefix + message)
+        kind = getattr(builtins, kind, None)
+        if not (isinstance(kind, type) and issubclass(kind, (ValueError, TypeError, OSError))):
+            kind = RuntimeError
+        raise kind(prefix + message)
 
 
 def on_every_rank(work, gather=local_gather):
