@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,26 +178,51 @@ def _name(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | None]:
-    """Embeddings (N, D) and their names (N,) when the .npz has ``names``, else None."""
+# What NumPy raises on a file that is not a whole .npy/.npz: a cut-short zip (BadZipFile,
+# zlib.error), a 0-byte or cut-short .npy (EOFError, ValueError), pickled data (ValueError).
+NPY_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of a .npy (under the key "") or a .npz (by name), read in full now, without
+    pickles; a missing, empty, cut-short or otherwise unreadable file is a ScoreFileError
+    naming it (no EOFError or BadZipFile from inside NumPy)."""
     path = Path(path)
     if not path.is_file():
         raise ScoreFileError(path, "no such file" if not path.exists() else "not a file")
+    if path.stat().st_size == 0:
+        raise ScoreFileError(path, "the file is empty (0 bytes); expected a .npy or .npz file")
+    key = None
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise ScoreFileError(path, f"not a .npy or .npz file ({error})") from None
-    names = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return {"": loaded}
         with loaded:
-            keys = list(loaded.files)
-            if "embeddings" not in keys:
-                raise ScoreFileError(path, f"no 'embeddings' array; it holds {keys}")
-            embeddings = loaded["embeddings"]
-            if "names" in keys:
-                names = [_name(n) for n in loaded["names"]]
-    else:
-        embeddings = loaded
+            arrays = {}
+            for key in loaded.files:
+                arrays[key] = loaded[key]
+            return arrays
+    except NPY_ERRORS as error:
+        what = ("not a .npy or .npz file, or one cut short" if key is None
+                else f"array {key!r} cannot be read")
+        raise ScoreFileError(path, f"{what} ({type(error).__name__}: {error})") from None
+
+
+def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | None]:
+    """Embeddings (N, D) and their names (N,) when the .npz has ``names``, else None."""
+    return embeddings_in(load_arrays(path), path)
+
+
+def embeddings_in(
+    arrays: dict[str, np.ndarray], path: str | os.PathLike
+) -> tuple[np.ndarray, list[str] | None]:
+    """read_embeddings' checks on the arrays of ``path`` (load_arrays)."""
+    names = None
+    embeddings = arrays.get("", arrays.get("embeddings"))
+    if embeddings is None:
+        raise ScoreFileError(path, f"no 'embeddings' array; it holds {list(arrays)}")
+    if "names" in arrays:
+        names = [_name(n) for n in arrays["names"]]
     if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.number):
         raise ScoreFileError(path, f"embeddings must be a 2-D numeric array; got shape "
                              f"{embeddings.shape}, dtype {embeddings.dtype}")
@@ -263,14 +290,9 @@ def pair_cosines(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.nda
 def read_cohort(path: str | os.PathLike) -> np.ndarray:
     """A score-normalisation cohort (M, D): a .npy, or a .npz's ``embeddings``; where the
     .npz also has ``labels`` (M,), the mean embedding of each label (its speakers)."""
-    embeddings, _ = read_embeddings(path)
-    loaded, labels = np.load(path, allow_pickle=False), None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            try:
-                labels = loaded["labels"] if "labels" in loaded.files else None
-            except ValueError as error:  # an object array
-                raise ScoreFileError(path, f"labels cannot be read ({error})") from None
+    arrays = load_arrays(path)
+    embeddings, _ = embeddings_in(arrays, path)
+    labels = arrays.get("labels")
     if labels is None:
         return embeddings
     if labels.shape != (embeddings.shape[0],):

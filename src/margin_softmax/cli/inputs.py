@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..scoring import ScoreFileError, load_arrays
 from .common import CliError
 
 FEATURE_KEYS = ("features", "x", "X", "data", "embeddings")
@@ -44,22 +45,22 @@ def _check_features(x: np.ndarray, path) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _load_array_file(path: Path):
-    if not path.is_file():
-        raise CliError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    if path.suffix not in (".npy", ".npz"):
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npy (key "") or .npz, read now (scoring.load_arrays): a missing,
+    0-byte, cut-short or pickled file is a CliError naming it."""
+    if path.is_file() and path.suffix not in (".npy", ".npz"):
         raise CliError(f"{path}: expected an .npz or .npy file, or a folder of image folders")
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise CliError(f"{path}: not a readable .npy/.npz file ({error})") from None
+        return load_arrays(path)
+    except ScoreFileError as error:
+        raise CliError(str(error)) from None
 
 
 def read_label_file(path: str | os.PathLike) -> np.ndarray:
     """Labels (N,) from a .npy array or a text file with one label per line."""
     path = Path(path)
     if path.suffix == ".npy":
-        labels = _load_array_file(path)
+        labels = _load_arrays(path)[""]
         if labels.ndim != 1:
             raise CliError(f"{path}: labels must be 1-D; got shape {labels.shape}")
         return labels
@@ -88,18 +89,16 @@ def encode_labels(raw: np.ndarray, path) -> tuple[np.ndarray, list[str]]:
 
 def read_arrays(path: Path, labels_path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Features and raw labels (None when there are none) from .npz or .npy (+ labels file)."""
-    loaded = _load_array_file(path)
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.files)
-            fkey = next((k for k in FEATURE_KEYS if k in keys), None)
-            lkey = next((k for k in LABEL_KEYS if k in keys), None)
-            if fkey is None:
-                raise CliError(f"{path}: no features array (named one of {FEATURE_KEYS}); it "
-                               f"holds {keys}")
-            features, labels = loaded[fkey], loaded[lkey] if lkey else None
+    arrays = _load_arrays(path)
+    if "" in arrays:  # an .npy
+        features, labels = arrays[""], None
     else:
-        features, labels = loaded, None
+        fkey = next((k for k in FEATURE_KEYS if k in arrays), None)
+        lkey = next((k for k in LABEL_KEYS if k in arrays), None)
+        if fkey is None:
+            raise CliError(f"{path}: no features array (named one of {FEATURE_KEYS}); it "
+                           f"holds {list(arrays)}")
+        features, labels = arrays[fkey], arrays[lkey] if lkey else None
     if labels_path is not None:
         labels = read_label_file(labels_path)
     if labels is not None and labels.ndim != 1:
