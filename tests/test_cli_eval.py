@@ -260,3 +260,23 @@ def test_a_zero_embedding_in_a_trial_is_an_error(tmp_path, capsys):
     assert f"--embeddings {tmp_path / 'e.npz'}: row 1 (b) is all zeros; a trial uses it" in err
     (tmp_path / "t").write_text("a c target\na a nontarget\n")  # row 1 unused: fine
     assert run(["eval", "--embeddings", tmp_path / "e.npz", "--trials", tmp_path / "t"]) == 0
+
+
+def test_cosine_scoring_does_not_depend_on_the_embeddings_scale(tmp_path, capsys):
+    # x 1e-14 gave EER 10.8% against 6.8% (norms under the 1e-12 floor), and rows past a
+    # norm of ~1e154 scored cosine 0; the cohort's statistics are cosines too
+    rng = np.random.default_rng(3)
+    emb, cohort = rng.normal(size=(24, 8)), rng.normal(size=(12, 8))
+    pairs = [(i, j) for i in range(24) for j in range(i + 1, 24)]
+    (tmp_path / "t").write_text("".join(
+        f"{i} {j} {'target' if i % 4 == j % 4 else 'nontarget'}\n" for i, j in pairs))
+    results = {}
+    for scale in (1.0, 1e-14, 1e150, 1e160):
+        np.save(tmp_path / "e.npy", emb * scale)
+        np.save(tmp_path / "c.npy", cohort * scale)
+        base = ["--embeddings", tmp_path / "e.npy", "--trials", tmp_path / "t"]
+        results[scale] = (_eval_json(capsys, *base),
+                          _eval_json(capsys, *base, "--cohort", tmp_path / "c.npy", "--top-k", 5))
+    assert 0.1 < results[1.0][0]["eer"] < 0.9  # not a degenerate case
+    for scale in (1e-14, 1e150, 1e160):
+        assert results[scale] == results[1.0]

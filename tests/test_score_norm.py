@@ -2,6 +2,7 @@
 statistics module, block-size independence, its effect on speakers with score offsets, and
 the errors."""
 
+import math
 import statistics
 
 import numpy as np
@@ -106,3 +107,22 @@ def test_equal_top_k_scores_are_refused_though_std_rounds_above_zero():
     with pytest.raises(ValueError, match=r"embedding row 0: its top 300 cohort scores are all "
                                          r"equal"):
         score_norm.normalize_scores([0.5], np.array([0]), np.array([0]), emb, cohort, 300)
+
+
+@pytest.mark.parametrize("scale", [1e-14, 1e150, 1e160, 2.0**-1000, 2.0**1000])
+def test_cosines_do_not_depend_on_the_embeddings_scale(scale):
+    """cos(a, b) = 8/9 and cos(a, c) = 14/15 by hand, checked with Python's math on the
+    unscaled rows; x 1e-14 fell under the 1e-12 norm floor (cosines shrank), past ~1e154 the
+    squared norm overflowed (cosine 0). Powers of two scale exactly: bit-identical rows."""
+    a, b, c = [1.0, 2.0, 2.0], [2.0, 1.0, 2.0], [0.0, 3.0, 4.0]
+    by_math = [math.fsum(x * y for x, y in zip(p, q, strict=True))
+               / (math.hypot(*p) * math.hypot(*q)) for p, q in ((a, b), (a, c))]
+    assert by_math == pytest.approx([8 / 9, 14 / 15], rel=1e-15)
+    rows = np.array([a, b, c, [0.0, 0.0, 0.0]])
+    unit = score_norm.unit_rows(rows * scale)  # (4, 3)
+    cos = unit @ unit.T
+    np.testing.assert_allclose([cos[0, 1], cos[0, 2]], by_math, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(np.diag(cos)[:3], 1.0, rtol=1e-15, atol=0)
+    assert not unit[3].any()  # a zero row stays zero: cosine 0 with everything
+    if math.frexp(scale)[0] == 0.5:
+        assert np.array_equal(unit, score_norm.unit_rows(rows))

@@ -23,9 +23,14 @@ BLOCK_BYTES = 64 << 20  # one (rows, M) float64 block of cohort scores at a time
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    """x_i / |x_i| (N, D) in float64 (zero rows stay zero)."""
+    """x_i / |x_i| (N, D) in float64, the same at any scale: each row is first divided by
+    2^e, 2^(e-1) <= max_j |x_ij| < 2^e (exact), so |x_i| neither underflows nor overflows
+    (x 1e-14 and x 1e150 give the unscaled cosines). Zero rows stay zero (cosine 0)."""
     x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    _, exponent = np.frexp(np.abs(x).max(axis=1, initial=0.0, keepdims=True))  # (N, 1)
+    x = np.ldexp(x, -exponent)  # (N, D), rows of largest |x_ij| in [0.5, 1)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)  # (N, 1) in [0.5, sqrt(D)], or 0
+    return x / np.where(norm > 0, norm, 1.0)
 
 
 def class_means(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
