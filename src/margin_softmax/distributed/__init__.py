@@ -13,6 +13,7 @@ from .checkpoint import (
     load_rows,
     load_sharded,
     load_state,
+    load_trainer_state,
     save_full,
     save_sharded,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "load_rows",
     "load_sharded",
     "load_state",
+    "load_trainer_state",
     "save_full",
     "save_sharded",
     "sharded_margin_cross_entropy",
