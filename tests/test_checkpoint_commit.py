@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from full_disk import FullDisk, Room
 
 import margin_softmax.atomic_files as atomic_files
 from margin_softmax.distributed import PartialFC, SampledRowsOptimizer, load_full
@@ -64,35 +65,13 @@ def assert_loads(directory: Path, seed: int) -> None:
 
 
 class DiskFull:
-    """atomic_files' open(), with a disk that fills after ``budget`` bytes in all."""
+    """atomic_files' open(), on a disk that fills after ``budget`` bytes in all files."""
 
     def __init__(self, budget: int) -> None:
-        self.budget = budget
+        self.room = Room(budget)
 
     def __call__(self, path, mode="r", **kwargs):
-        return _LimitedFile(open(path, mode, **kwargs), self)  # noqa: SIM115
-
-
-class _LimitedFile:
-    def __init__(self, handle, disk: DiskFull) -> None:
-        self.handle, self.disk = handle, disk
-
-    def write(self, data):
-        if len(data) > self.disk.budget:
-            self.handle.write(data[: self.disk.budget])
-            self.disk.budget = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.disk.budget -= len(data)
-        return self.handle.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return self.handle.__exit__(*exc)
+        return FullDisk(open(path, mode, **kwargs), self.room)  # noqa: SIM115
 
 
 def save_size(tmp_path: Path) -> tuple[int, list[int]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from full_disk import FullDisk, Room
 
 from margin_softmax import data
 from margin_softmax.cli import compare, train
@@ -36,33 +37,6 @@ def run(argv):
         return exit_.code
 
 
-class FullDisk:
-    """A file open for writing that takes ``room`` more bytes (characters in text mode), then
-    fails as a full disk does."""
-
-    def __init__(self, handle, room: int) -> None:
-        self.handle, self.room = handle, room
-
-    def write(self, data):
-        if not isinstance(data, str):
-            data = memoryview(data).cast("B")
-        if len(data) > self.room:
-            self.handle.write(data[: self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.handle.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
-
-
 def fill_disk(monkeypatch, folder: Path, room: int, name: str = "") -> None:
     """Every file opened for writing in ``folder`` whose name holds ``name`` takes ``room``
     bytes, then raises ENOSPC; room -1 refuses to create it at all (EACCES)."""
@@ -74,7 +48,7 @@ def fill_disk(monkeypatch, folder: Path, room: int, name: str = "") -> None:
         if target and room < 0:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
         handle = real_open(file, mode, *args, **kwargs)
-        return FullDisk(handle, room) if target else handle
+        return FullDisk(handle, Room(room)) if target else handle
 
     monkeypatch.setattr(builtins, "open", open_)
     monkeypatch.setattr(io, "open", open_)
