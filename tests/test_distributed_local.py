@@ -9,6 +9,7 @@ import torch
 
 import margin_softmax as ms
 from margin_softmax.distributed import (
+    AdaFacePartialFC,
     ArcFacePartialFC,
     CosFacePartialFC,
     PartialFC,
@@ -256,3 +257,16 @@ def test_confident_rows_keep_their_small_loss_and_gradients_in_float32():
     assert 0 < ref_loss < 1e-4
     for got, want in ((loss, ref_loss), (dx, ref_dx), (dw, ref_dw)):
         assert float((got.double() - want).norm() / want.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("head", [PartialFC(4, 3), AdaFacePartialFC(4, 3)],
+                         ids=["PartialFC", "AdaFacePartialFC"])
+def test_sharded_heads_name_bad_inputs(head):
+    """Non-tensors are a TypeError naming the argument; labels on another device (meta
+    stands in for a GPU) a ValueError naming both devices, not Tensor.item()'s error."""
+    with pytest.raises(TypeError, match="embeddings must be a torch.Tensor, got numpy.ndarray"):
+        head(np.zeros((2, 4), np.float32), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="labels must be a torch.Tensor, got list"):
+        head(torch.zeros(2, 4), [0, 1])
+    with pytest.raises(ValueError, match="labels are on meta but the embeddings are on cpu"):
+        head(torch.randn(2, 4), torch.tensor([0, 1]).to("meta"))

@@ -38,9 +38,7 @@ def _local_problem(embeddings, labels, weight, num_classes: int, check) -> Excep
         if check is not None:
             check()
         check_embeddings(embeddings, weight)
-        check_labels(labels, embeddings.shape[0], num_classes)
-        if labels.device != embeddings.device:
-            raise ValueError(f"labels are on {labels.device} but embeddings on {embeddings.device}")
+        check_labels(labels, embeddings.shape[0], num_classes, embeddings.device)
     except (TypeError, ValueError) as error:
         return error
     return None
