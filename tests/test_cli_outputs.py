@@ -18,7 +18,6 @@ import torch
 from full_disk import FullDisk, Room
 
 from margin_softmax import data
-from margin_softmax.cli import compare, train
 from margin_softmax.cli import eval as evaluate
 from margin_softmax.cli.main import main
 from margin_softmax.registry import build_head
@@ -203,7 +202,7 @@ def no_work(*args, **kwargs):
 ])
 def test_train_refuses_an_unwritable_output_before_training(npz, read_only, monkeypatch,
                                                             capsys, option, target):
-    monkeypatch.setattr(train, "fit", no_work)
+    monkeypatch.setattr("margin_softmax.training.fit", no_work)
     assert run(["train", npz, *TINY, option, read_only / target]) == 2
     err = capsys.readouterr().err
     assert f"{option} {read_only / target}: cannot write in " in err and err.count("\n") == 1
@@ -221,7 +220,7 @@ def test_eval_refuses_an_unwritable_scores_folder_before_scoring(eval_files, rea
 
 def test_compare_refuses_an_out_folder_where_files_cannot_be_made(tmp_path, monkeypatch,
                                                                   capsys):
-    monkeypatch.setattr(compare, "fit", no_work)
+    monkeypatch.setattr("margin_softmax.training.fit", no_work)
     (tmp_path / "run").mkdir()
     fill_disk(monkeypatch, tmp_path / "run", -1)
     assert run(["compare", "--out", tmp_path / "run", *TINY_COMPARE]) == 2

@@ -1,8 +1,10 @@
 """Import hygiene: the NumPy reference never pulls in torch, the package never pulls in
-triton, and every public name resolves."""
+triton, the command line's help needs no torch, and every public name resolves."""
 
 import subprocess
 import sys
+
+import pytest
 
 import margin_softmax as ms
 
@@ -27,3 +29,22 @@ def test_every_public_name_resolves():
     for name in ms.__all__:
         assert getattr(ms, name) is not None, name
     assert ms.AAMSoftmax is ms.ArcFace and ms.AMSoftmax is ms.CosFace
+
+
+def test_dir_lists_each_public_name_once_and_no_helpers():
+    assert ms.ArcFace is ms.AAMSoftmax  # names already used were listed a second time
+    names = dir(ms)
+    assert len(names) == len(set(names))
+    assert set(names) == {*ms.__all__, "__version__"}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["compare", "--help"], ["train", "--help"],
+                                  ["eval", "--help"]])
+def test_help_does_not_import_torch(argv):
+    """torch takes seconds to import; the help must not wait for it."""
+    loaded = modules_after(
+        "import contextlib, io\nfrom margin_softmax.cli.main import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    main({argv!r})"
+    )
+    assert "margin_softmax.cli.main" in loaded and "torch" not in loaded

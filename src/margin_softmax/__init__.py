@@ -8,7 +8,7 @@ The names below load on first use, so that ``import margin_softmax.reference`` (
 reference) does not import torch.
 """
 
-from importlib import import_module
+import importlib
 
 __version__ = "0.1.0"
 
@@ -35,10 +35,11 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'margin_softmax' has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    """The public names, each once: not the helpers above, nor the names loaded so far."""
+    return [*__all__, "__version__"]

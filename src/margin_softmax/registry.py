@@ -12,51 +12,43 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from .heads import (
-    AdaCos,
-    AdaFace,
-    ArcFace,
-    CombinedMargin,
-    CosFace,
-    CurricularFace,
-    ElasticArcFace,
-    ElasticCosFace,
-    MagFace,
-    NormFace,
-    SoftmaxLoss,
-    SphereFace,
-    SubCenterArcFace,
-)
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A head class and the defaults used for it here (they override the class's own)."""
+    """A head class, by its name in ``margin_softmax.heads``, and the defaults used for it
+    here (they override the class's own). The class is imported on first use, so the names
+    below (and the command line's help) need no torch."""
 
-    head: type[nn.Module]
+    head_name: str
     defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head(self) -> type[nn.Module]:
+        return getattr(import_module(".heads", __package__), self.head_name)
 
 
 # The scale 30 and the margins are smaller than the face-recognition defaults (s = 64,
 # m = 0.5): with a few hundred classes and a small network those train slowly or not at all.
 LOSSES: dict[str, LossSpec] = {
-    "softmax": LossSpec(SoftmaxLoss),
-    "normface": LossSpec(NormFace, {"scale": 30.0}),
-    "cosface": LossSpec(CosFace, {"margin": 0.3, "scale": 30.0}),
-    "arcface": LossSpec(ArcFace, {"margin": 0.3, "scale": 30.0}),
-    "sphereface": LossSpec(SphereFace, {"margin": 4, "anneal": True, "lambda_gamma": 0.5}),
-    "combined": LossSpec(CombinedMargin, {"m1": 1.0, "m2": 0.2, "m3": 0.1, "scale": 30.0}),
-    "subcenter-arcface": LossSpec(SubCenterArcFace, {"margin": 0.3, "scale": 30.0}),
-    "adacos": LossSpec(AdaCos),
-    "curricularface": LossSpec(CurricularFace, {"margin": 0.3, "scale": 30.0}),
-    "adaface": LossSpec(AdaFace, {"margin": 0.3, "scale": 30.0}),
-    "magface": LossSpec(MagFace, {"scale": 30.0}),
-    "elastic-arcface": LossSpec(ElasticArcFace, {"margin": 0.3, "scale": 30.0}),
-    "elastic-cosface": LossSpec(ElasticCosFace, {"margin": 0.3, "scale": 30.0}),
+    "softmax": LossSpec("SoftmaxLoss"),
+    "normface": LossSpec("NormFace", {"scale": 30.0}),
+    "cosface": LossSpec("CosFace", {"margin": 0.3, "scale": 30.0}),
+    "arcface": LossSpec("ArcFace", {"margin": 0.3, "scale": 30.0}),
+    "sphereface": LossSpec("SphereFace", {"margin": 4, "anneal": True, "lambda_gamma": 0.5}),
+    "combined": LossSpec("CombinedMargin", {"m1": 1.0, "m2": 0.2, "m3": 0.1, "scale": 30.0}),
+    "subcenter-arcface": LossSpec("SubCenterArcFace", {"margin": 0.3, "scale": 30.0}),
+    "adacos": LossSpec("AdaCos"),
+    "curricularface": LossSpec("CurricularFace", {"margin": 0.3, "scale": 30.0}),
+    "adaface": LossSpec("AdaFace", {"margin": 0.3, "scale": 30.0}),
+    "magface": LossSpec("MagFace", {"scale": 30.0}),
+    "elastic-arcface": LossSpec("ElasticArcFace", {"margin": 0.3, "scale": 30.0}),
+    "elastic-cosface": LossSpec("ElasticCosFace", {"margin": 0.3, "scale": 30.0}),
 }
 
 ALIASES = {"am-softmax": "cosface", "aam-softmax": "arcface", "a-softmax": "sphereface"}

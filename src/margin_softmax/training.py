@@ -31,23 +31,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .atomic_files import atomic_open, check_writable
+from .train_config import CHECKPOINT_NAME, TrainConfig
 
-CHECKPOINT_NAME = "checkpoint.pt"
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Network size and optimisation settings."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    hidden_dim: int = 256
-    embedding_dim: int = 64
-    seed: int = 0
-    device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:N"
 
 
 @dataclass

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..atomic_files import check_writable
 from ..registry import resolve_name
 
@@ -109,6 +107,8 @@ def set_threads(threads: int | None) -> None:
     """Fix torch's intra-op threads. One thread is fastest for these small networks on a
     shared machine (two threads fighting other processes can be 10-20x slower)."""
     if threads is not None:
+        import torch  # here, not above: the parsers (and --help) need no torch
+
         torch.set_num_threads(threads)
 
 

@@ -14,16 +14,14 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .. import __version__, data, metrics, plots, report, scoring
+from .. import __version__, data, metrics, scoring
 from ..atomic_files import atomic_write_text
-from ..heads import SoftmaxLoss
-from ..margins import Margin
 from ..registry import DEFAULT_LOSSES, build_head, head_parameters
-from ..training import TrainConfig, build_model, embed, fit
+from ..train_config import TrainConfig
 from .common import loss_names, output_folder, positive_int, seed_int, set_threads, writing
 
 HELD_OUT_FRACTION = 0.3  # of the identities, for open-set verification
@@ -31,6 +29,12 @@ TEST_FRACTION = 0.2  # of each training identity's samples, for closed-set accur
 SYNTHETIC_DIM = 32
 CLASSES_2D = 8  # classes in the unit-circle figure
 SAMPLES_2D = 100  # samples per class of the synthetic 2-D run
+
+if TYPE_CHECKING:  # torch, the heads and the plots are imported when the command runs
+    import torch
+
+    from ..margins import Margin
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -93,6 +97,9 @@ def closed_set_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
 def margin_of(head: torch.nn.Module) -> Margin | None:
     """The head's current Margin when it has one fixed margin for all samples (no margin for
     plain softmax), else None."""
+    from ..heads import SoftmaxLoss
+    from ..margins import Margin
+
     if isinstance(head, SoftmaxLoss):
         return Margin()
     spec = getattr(head, "margin_spec", None)
@@ -115,6 +122,8 @@ def curve_label(name: str, margin: Margin) -> str:
 def train_one(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, config: TrainConfig,
               progress: bool, desc: str):
     """The network and the head of loss ``name`` trained on x (N, D), y (N,); and fit's result."""
+    from ..training import build_model, fit
+
     model = build_model(x.shape[1], config)
     model.set_input_scaling(x)
     head = build_head(name, config.embedding_dim, num_classes)
@@ -122,6 +131,11 @@ def train_one(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, config:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import plots, report
+    from ..training import embed
+
     start = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = output_folder(args.out or Path("runs") / f"compare-{stamp}", args.force)

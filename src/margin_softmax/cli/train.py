@@ -13,21 +13,13 @@ import contextlib
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..atomic_files import atomic_open
 from ..registry import build_head, head_parameters, loss_names
-from ..training import (
-    CHECKPOINT_NAME,
-    TrainConfig,
-    build_model,
-    embed,
-    fit,
-    load_checkpoint,
-    resolve_device,
-)
+from ..train_config import CHECKPOINT_NAME, TrainConfig
 from .common import (
     CliError,
     check_folder,
@@ -42,6 +34,9 @@ from .common import (
     writing,
 )
 from .inputs import read_features, read_train_data
+
+if TYPE_CHECKING:  # torch and the trainer are imported when the command runs
+    import torch
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -102,6 +97,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def check_resume(path: Path, meta: dict, config: TrainConfig) -> None:
     """The checkpoint must come from the same settings, or the resumed run is another run."""
+    from ..training import load_checkpoint
+
     state = load_checkpoint(path)
     saved = {**state.get("meta", {}), **state.get("config", {})}
     wanted = {**meta, **asdict(config)}
@@ -140,6 +137,10 @@ def margin_scheduler(args: argparse.Namespace, head: torch.nn.Module, steps_per_
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..training import build_model, embed, fit, resolve_device
+
     if args.resume and not args.checkpoint_dir:
         raise CliError("--resume needs --checkpoint-dir")
     if args.embed and not args.export_embeddings:
