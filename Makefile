@@ -13,4 +13,12 @@ kernels:
 	bash scripts/setup.sh
 	.venv/bin/python scripts/kernel_resources.py --check
 
-.PHONY: compare kernels test
+# Mutation testing of the core modules, not part of CI (scripts/mutation.py): SAMPLE mutants
+# per module (0: all), run against each module's tests; mutmut 3.8.1 supplies the mutants.
+SAMPLE ?= 40
+mutation:
+	bash scripts/setup.sh
+	.venv/bin/pip install -q mutmut==3.8.1
+	nice -n 19 .venv/bin/python scripts/mutation.py --sample $(SAMPLE)
+
+.PHONY: compare kernels mutation test
