@@ -186,7 +186,14 @@ def test_cohort_errors_name_the_file(speakers, capsys):
             f"its top 3 cohort scores are all equal") in capsys.readouterr().err
     assert run([*base, "--cohort", path / "c.npy"]) == 2  # default --top-k 300 > 10
     err = capsys.readouterr().err
-    assert "--top-k 300 exceeds the 10 embeddings of" in err and err.count("\n") == 1
+    assert (f"--top-k 300 exceeds the cohort: {path / 'c.npy'} holds 10 embeddings; pass "
+            "--top-k 10 or less, or --top-k all") in err and err.count("\n") == 1
+    np.savez(path / "labelled.npz", embeddings=np.tile(cohort, (4, 1)),
+             labels=np.tile(np.arange(10), 4))  # 40 rows, and the cohort is 10 class means
+    assert run([*base, "--cohort", path / "labelled.npz", "--top-k", "20"]) == 2
+    assert (f"{path / 'labelled.npz'} holds 40 embeddings with labels, and the cohort is the "
+            "mean embedding of each label: 10 class means; pass --top-k 10 or less"
+            ) in capsys.readouterr().err
     assert run([*base, "--cohort", path / "missing.npy"]) == 2
     assert "missing.npy: no such file" in capsys.readouterr().err
 

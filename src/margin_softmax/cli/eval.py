@@ -103,14 +103,25 @@ def embedding_scores(args: argparse.Namespace, trials: scoring.Trials):
     cohort = _same_width(scoring.read_cohort(args.cohort), "--cohort", args.cohort, width,
                          args.embeddings)
     if args.top_k is not None and args.top_k > len(cohort):
-        raise CliError(f"--top-k {args.top_k} exceeds the {len(cohort)} embeddings of "
-                       f"{args.cohort} (--top-k all uses every one: S-norm)")
+        raise CliError(f"--top-k {args.top_k} exceeds the cohort: "
+                       f"{cohort_rows(args.cohort, len(cohort))}; pass --top-k "
+                       f"{len(cohort)} or less, or --top-k all (S-norm)")
     how.update(score_norm="s-norm" if args.top_k is None else "as-norm", top_k=args.top_k,
                cohort=args.cohort, cohort_size=len(cohort))
     try:
         return normalize_scores(scores, i, j, embeddings, cohort - center, args.top_k), how
     except ValueError as error:  # an embedding whose top-k cohort scores are all equal
         raise CliError(f"--embeddings {args.embeddings}, --cohort {args.cohort}: {error}") from None
+
+
+def cohort_rows(path, size: int) -> str:
+    """What the ``size`` cohort rows of ``path`` are: its embeddings, or the mean of each
+    label's embeddings where the file holds labels."""
+    arrays = scoring.load_arrays(path)
+    if "labels" not in arrays:
+        return f"{path} holds {size} embeddings"
+    return (f"{path} holds {len(arrays['labels'])} embeddings with labels, and the cohort is "
+            f"the mean embedding of each label: {size} class means")
 
 
 NAMES = {"as-norm": "AS-norm", "s-norm": "S-norm"}

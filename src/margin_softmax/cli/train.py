@@ -81,7 +81,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="seed of the weights and the shuffling (default %(default)s)")
     p.add_argument("--device", default=defaults.device, metavar="{auto,cpu,cuda,cuda:N}",
                    help="where to train and embed (default auto: cuda when available, else cpu)")
-    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads (default 1, as compare: fastest for this small network; "
+                   "torch's default of one per core was 3-6x slower on a busy 2-core machine)")
     p.add_argument("--checkpoint-dir", help=f"write {CHECKPOINT_NAME} here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     p.add_argument("--stop-after", type=positive_int, metavar="EPOCH",
