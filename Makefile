@@ -5,6 +5,7 @@ compare:
 test:
 	bash scripts/setup.sh
 	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/deptry src
 	TRITON_INTERPRET=1 .venv/bin/python -m pytest -n 2 tests
 
 # Every kernel and tuning candidate compiled for sm_80 and sm_90a with Triton's compiler and
