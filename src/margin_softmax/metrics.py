@@ -245,3 +245,13 @@ def kfold_accuracy(scores: Any, labels: Any, folds: int = 10) -> tuple[float, fl
         t = (points[i] + below) / 2  # +inf for accept-nothing, -inf for accept-all
         accuracy.append(np.mean((s[held_out] >= t) == y[held_out]))
     return float(np.mean(accuracy)), float(np.std(accuracy))
+
+
+def __getattr__(name: str) -> Any:
+    """metrics.identification is identification.identification (that module imports this one,
+    so it is looked up on first use rather than imported here)."""
+    if name == "identification":
+        from .identification import identification
+
+        return identification
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
