@@ -88,21 +88,23 @@ def test_a_tie_counts_against_the_own_identity():
 
 def test_open_set_by_hand():
     # templates x and y; each probe scores s on one of them and 0 on the other (the rest of
-    # its length is along z). Mated probes score 0.9 (on x) and 0.6 (on y), both at rank 1;
+    # its length is along z). Mated probes score 0.9 (on x) and 0.5 (on y), both at rank 1;
     # the non-mated probes' top scores are 0.8, 0.5, 0.4, 0.3. FPIR 0: the threshold sits
-    # above 0.8, so only 0.9 counts; FPIR 1/4: above 0.5 (only 0.8 may pass), so both count.
+    # above 0.8, so only 0.9 counts; FPIR 1/4: above 0.5 (only 0.8 may pass), so the mated
+    # 0.5 does not count either; FPIR 1/2: above 0.4, both count.
     def probe(s, axis):
         v = np.zeros(3)
         v[axis], v[2] = s, np.sqrt(1 - s**2)
         return v
 
     gallery = np.eye(3)[:2]
-    probes = np.array([probe(0.9, 0), probe(0.6, 1), probe(0.8, 0), probe(0.5, 1),
+    probes = np.array([probe(0.9, 0), probe(0.5, 1), probe(0.8, 0), probe(0.5, 1),
                        probe(0.4, 0), probe(0.3, 1)])
     labels = [0, 1, 7, 8, 9, 9]
-    result = identification(gallery, [0, 1], probes, labels, ranks=(1,), fpirs=(0.0, 0.25))
+    result = identification(gallery, [0, 1], probes, labels, ranks=(1,),
+                            fpirs=(0.0, 0.25, 0.5))
     assert (result["mated"], result["non_mated"], result["rank1"]) == (2, 4, 1.0)
-    assert (result["tpir@0"], result["tpir@0.25"]) == (0.5, 1.0)
+    assert (result["tpir@0"], result["tpir@0.25"], result["tpir@0.5"]) == (0.5, 0.5, 1.0)
 
 
 @pytest.mark.parametrize("change, message", [
