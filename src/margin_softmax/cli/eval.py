@@ -5,6 +5,8 @@ or from embeddings plus a trial list (cosine scoring). See scoring.py for the fo
     margin-softmax eval --scores label_score.txt                     # two columns
     margin-softmax eval --embeddings emb.npy --trials trials.txt     # cosine scoring
     margin-softmax eval --embeddings emb.npy --trials trials.txt --cohort train.npz  # AS-norm
+    margin-softmax eval --trials trials.txt --scores llr.txt --llr --ci    # LLRs, intervals
+    margin-softmax eval --gallery gallery.npz --probes probes.npz          # identification
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import json
 import numpy as np
 
 from .. import metrics, scoring
+from ..score_formats import read_key, read_label_scores
 from ..score_norm import normalize_scores
+from . import eval_ci, eval_identify, eval_llr
 from .common import CliError, output_file, positive_int, writing
 
 
@@ -41,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Verification metrics (EER, minDCF, TAR at FAR) from score files, or "
         "from embeddings plus a trial list scored by cosine.",
         epilog="Formats: trials 'enroll test target|nontarget' (or VoxCeleb '1|0 enroll "
-        "test'); scores 'enroll test score'; two columns 'label score'; embeddings .npy "
+        "test', or SITW 'enroll test tgt|imp'); scores 'enroll test score'; two columns "
+        "'label score' (or Kaldi compute-eer's 'score target|nontarget'); embeddings .npy "
         "(trials give row indices) or .npz with 'embeddings' and optional 'names'.",
     )
     p.add_argument("--trials", help="trial list: 'enroll test target|nontarget' per line")
@@ -65,8 +70,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--write-scores", metavar="FILE",
                    help="also write the scores used ('enroll test score' per trial, in the "
                    "trials' order), e.g. the AS-normed ones for fusion or calibration")
-    p.add_argument("--force", action="store_true", help="replace an existing --write-scores file")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --write-scores or --plot file")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    for part in (eval_llr, eval_ci, eval_identify):
+        part.add_options(p)
     p.set_defaults(run=run)
 
 
@@ -147,22 +155,24 @@ def load(args: argparse.Namespace):
     if args.embeddings:
         if not args.trials:
             raise CliError("--embeddings needs --trials (which pairs to score)")
-        trials = scoring.read_trials(args.trials)
+        trials = read_key(args.trials)
         scores, how = embedding_scores(args, trials)
         return scores, trials.labels, args.trials, how, trials
     if not args.scores:
         raise CliError("nothing to evaluate: give --scores (with or without --trials) or "
                        "--embeddings with --trials")
     if args.trials:
-        trials = scoring.read_trials(args.trials)
+        trials = read_key(args.trials)
         table = scoring.read_scores(args.scores)
         return scoring.join_scores(trials, table, args.trials, args.scores), trials.labels, \
             args.trials, {}, trials
-    scores, labels = scoring.read_label_scores(args.scores)
+    scores, labels = read_label_scores(args.scores)
     return scores, labels, args.scores, {}, None
 
 
 def run(args: argparse.Namespace) -> int:
+    if eval_identify.wanted(args):
+        return eval_identify.run(args)
     for p in args.p_target:
         if not 0 < p < 1:
             raise CliError(f"--p-target must lie in (0, 1); got {p:g}")
@@ -174,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.trials:
             raise CliError("--write-scores needs --trials (the names of each trial)")
         out = output_file("--write-scores", args.write_scores, args.force)
+    plot = eval_llr.plot_file(args)
     scores, labels, source, how, trials = load(args)
     scoring.check_both_classes(labels, source)
     result = {"trials": int(labels.size), "targets": int(labels.sum()),
@@ -185,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
                            f"{args.folds}")
         mean, std = metrics.kfold_accuracy(scores, labels, args.folds)
         result.update(folds=args.folds, kfold_accuracy=mean, kfold_accuracy_std=std)
+    result.update(eval_ci.results(args, scores, labels, trials))
+    result.update(eval_llr.results(args, scores, labels, plot, args.scores or args.embeddings))
     if out is not None:  # last: an input or option error leaves no file behind
         with writing("--write-scores", out):
             scoring.write_scores(out, trials, scores)
@@ -206,4 +219,6 @@ def run(args: argparse.Namespace) -> int:
     if args.folds:
         print(f"{f'{args.folds}-fold acc':<16}{100 * result['kfold_accuracy']:.2f}% "
               f"± {100 * result['kfold_accuracy_std']:.2f}%")
+    for line in eval_llr.lines(args, result) + eval_ci.lines(args, result):
+        print(line)
     return 0

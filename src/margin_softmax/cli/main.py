@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import compare, data, train
+from . import calibrate, compare, data, train
 from . import eval as evaluate
 from .common import CliError
 
@@ -24,9 +24,10 @@ def build_parser() -> Parser:
         description="Train, evaluate and compare softmax-family losses for embedding models.",
     )
     subparsers = parser.add_subparsers(
-        dest="command", required=True, metavar="{compare,data,train,eval}", parser_class=Parser
+        dest="command", required=True, metavar="{compare,data,train,eval,calibrate}",
+        parser_class=Parser,
     )
-    for module in (compare, data, train, evaluate):
+    for module in (compare, data, train, evaluate, calibrate):
         module.add_parser(subparsers)
     return parser
 
