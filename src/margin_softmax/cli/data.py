@@ -8,6 +8,7 @@ Identities are split as ``compare`` splits them: 30 % are held out. ``train.npz`
 features (N, 32) and labels (N,) of the training identities, ``test.npz`` those of the
 held-out ones, and ``trials.txt`` Kaldi trials ``enroll test target|nontarget`` among the
 held-out samples, named by their row in ``test.npz`` (the rows of ``train --embed``'s export).
+Labels are the identities' numbers in 0..identities-1, so the two sets share none.
 """
 
 from __future__ import annotations
@@ -71,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
     with writing("OUTDIR", out):
         out.mkdir(parents=True, exist_ok=True)
         for path, features, labels in (
-            (train_path, split.train_features, split.train_labels),
+            (train_path, split.train_features, split.train_identities[split.train_labels]),
             (test_path, split.held_out_features, split.held_out_labels),
         ):
             with atomic_open(path) as handle:
                 np.savez(handle, features=features, labels=labels)
         atomic_write_text(trials_path, trial_lines(i, j, target))
-    train_ids = int(split.train_labels.max()) + 1
+    train_ids = len(split.train_identities)
     print(f"{train_path}: {len(split.train_labels)} samples of {train_ids} identities")
     print(f"{test_path}: {len(split.held_out_labels)} samples of "
           f"{args.identities - train_ids} other identities")
