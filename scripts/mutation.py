@@ -24,7 +24,6 @@ interpreter start.
 from __future__ import annotations
 
 import argparse
-import difflib
 import hashlib
 import importlib
 import os
@@ -230,12 +229,15 @@ def fingerprint() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("modules", nargs="*", default=list(TESTS), choices=list(TESTS),
-                        metavar="module.py")
+    parser.add_argument("modules", nargs="*", metavar="module.py",
+                        help=f"some of {', '.join(TESTS)} (default: all)")
     parser.add_argument("--sample", type=int, default=40,
                         help="mutants per module, evenly spread by line; 0 runs all")
     parser.add_argument("--jobs", type=int, default=2, help="mutants run at once")
     args = parser.parse_args(argv)
+    for module in args.modules:
+        if module not in TESTS:
+            parser.error(f"unknown module {module!r}; choose from {', '.join(TESTS)}")
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     for name in PRELOAD:
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     copies = make_copies(max(1, args.jobs))
     rows = []
     try:
-        for module in args.modules:
+        for module in args.modules or list(TESTS):
             everything = mutants_of(module)
             sample = systematic_sample(everything, args.sample)
             limit = 3 * baseline(module, copies[0]) + 10
