@@ -101,8 +101,9 @@ class Resampler:
         non_cum = _cumulative(c[self.non_group])  # (N_non + 1,)
         n_tar, n_non = int(tar_cum[-1]), int(non_cum[-1])
         if n_tar == 0 or n_non == 0:
-            raise ValueError(f"a resample holds {n_tar} targets and {n_non} non-targets; "
-                             "too few identities (groups) to resample: each needs both")
+            raise ValueError(f"a resample holds {n_tar} targets and {n_non} non-targets: too "
+                             "few identities (groups) hold both kinds of trial to resample "
+                             "them; resample trials instead (groups=None)")
 
         def far(j):  # FAR and FRR at ROC point j (int or array), as metrics.roc_points
             return non_cum[self.non_upto[j]] / n_non

@@ -38,8 +38,12 @@ def results(args: argparse.Namespace, scores: np.ndarray, labels: np.ndarray,
                        "none: use --ci-by trial")
     groups = [name.split("/", 1)[0] for name in trials.enroll] if by == "speaker" else None
     units = len(set(groups)) if groups is not None else int(labels.size)
-    intervals = bootstrap.intervals(scores, labels, groups, args.p_target, args.far,
-                                    args.resamples, LEVEL)
+    try:
+        intervals = bootstrap.intervals(scores, labels, groups, args.p_target, args.far,
+                                        args.resamples, LEVEL)
+    except ValueError as error:  # a resample of speakers without targets or non-targets
+        raise CliError(f"--ci-by {by}: {error}".replace("(groups=None)", "(--ci-by trial)")
+                       ) from None
     return {"ci": {"level": LEVEL, "by": by, "units": units, "resamples": args.resamples,
                    **{name: list(bounds) for name, bounds in intervals.items()}}}
 

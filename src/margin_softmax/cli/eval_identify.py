@@ -24,8 +24,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probes", metavar="NPZ",
                    help="identification: the searches, .npz with 'embeddings' and 'labels'; "
                    "probes whose label is not in the gallery are non-mated")
-    p.add_argument("--rank", type=positive_int, nargs="+", default=[1, 5], metavar="K",
-                   help="identification rates at these ranks (default 1 5)")
+    p.add_argument("--rank", type=positive_int, nargs="+", metavar="K",
+                   help="identification rates at these ranks (default 1 5, those the gallery "
+                   "has)")
     p.add_argument("--fpir", type=float, nargs="+", metavar="F",
                    help="TPIR at these false-positive identification rates (default 0.01 0.1 "
                    "when some probes are non-mated)")
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--probes {args.probes} has {probes.shape[1]} columns but --gallery "
                        f"{args.gallery} has {gallery.shape[1]}")
     identities = np.unique(gallery_labels).size
-    for k in args.rank:
+    ranks = args.rank or [k for k in (1, 5) if k <= identities]
+    for k in ranks:
         if k > identities:
             raise CliError(f"--rank {k} exceeds the {identities} identities of --gallery "
                            f"{args.gallery}")
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from ..identification import identification
 
     try:
-        found = identification(gallery, gallery_labels, probes, probe_labels, args.rank, fpirs)
+        found = identification(gallery, gallery_labels, probes, probe_labels, ranks, fpirs)
     except (TypeError, ValueError) as error:
         raise CliError(f"--gallery {args.gallery}, --probes {args.probes}: {error}") from None
     cmc = found.pop("cmc")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
           f"embeddings)")
     print(f"{'probes':<16}{len(probes)} ({found['mated']} mated, {found['non_mated']} "
           f"non-mated)")
-    for k in args.rank:
+    for k in ranks:
         print(f"{f'rank-{k}':<16}{100 * found[f'rank{k}']:.2f}%")
     for f in fpirs:
         print(f"{f'TPIR@FPIR={f:g}':<16}{100 * found[f'tpir@{f:g}']:.2f}%")
