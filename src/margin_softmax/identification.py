@@ -12,8 +12,9 @@ probe is the cosine. Probes whose identity has a template are *mated*, the other
 - Open set (NIST FRVT, IJB-C): FPIR(t), the false-positive identification rate, is the
   fraction of non-mated probes whose top score is >= t; TPIR(t) is the fraction of mated
   probes whose own identity is at rank 1 with a score >= t. TPIR at FPIR = f is the largest
-  TPIR over thresholds t with FPIR(t) <= f: t just above the (floor(f N_non) + 1)-th highest
-  non-mated top score, as ``metrics.tar_at_far`` does for verification. (FNIR = 1 - TPIR.)
+  TPIR over thresholds t with FPIR(t) <= f: t just above the (k + 1)-th highest non-mated
+  top score, k the largest integer with k / N_non <= f, as ``metrics.tar_at_far`` does for
+  verification. (FNIR = 1 - TPIR.)
 
 Memory O(blocks): probes are scored in blocks of about BLOCK_BYTES of scores; of each block
 only each probe's top score, the score of its own identity's template and its rank are kept,

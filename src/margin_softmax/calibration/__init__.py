@@ -13,6 +13,8 @@ least at a target prior p and costs c_miss, c_fa is a fixed threshold,
   columns of scores it is a fusion (one weight per system or quality measure, one offset).
 - ``llr_summary``, ``calibrated_summary``: the metrics above as one dict, for ``eval`` and
   ``compare``.
+
+PAV and the logistic regression come from scikit-learn (the ``cli`` extra).
 """
 
 from .cllr import cllr, min_cllr, pav_llr
