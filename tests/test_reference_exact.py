@@ -77,3 +77,68 @@ def test_unknown_fallback_and_seed_with_m1_are_named():
         R.psi_combined(np.zeros(1), m2=0.5, fallback="Seed")
     with pytest.raises(ValueError, match=exactly("fallback='seed' needs m1 == 1, got 2")):
         R.psi_combined(np.zeros(1), m1=2, fallback="seed")
+
+
+def test_cosines_outside_plus_minus_one_are_clipped():
+    psi, dpsi = R.psi_combined(np.array([-1.5, 1.5]), m2=0.5)
+    at_poles = R.psi_combined(np.array([-1.0, 1.0]), m2=0.5)
+    np.testing.assert_array_equal(psi, at_poles[0])
+    np.testing.assert_array_equal(dpsi, at_poles[1])
+    assert R.psi_combined(np.array([1.5]), m3=0.25)[0].tolist() == [0.75]
+
+
+def test_sphereface_m2_without_an_angular_offset():
+    c = np.array([-0.5, 0.0, 0.5])  # cos(2 theta) = 2c^2 - 1, its derivative 4c
+    psi, dpsi = R.psi_combined(c, m1=2)
+    np.testing.assert_allclose(psi, 2 * c**2 - 1, atol=1e-15)
+    np.testing.assert_allclose(dpsi, 4 * c, atol=1e-12)
+
+
+def test_cross_entropy_ignores_zero_probabilities_off_the_target():
+    P = np.array([[1.0, 0.0], [0.25, 0.75]])
+    loss, dP = R.cross_entropy_loss(P, np.array([0, 1]))
+    assert loss == pytest.approx(-math.log(0.75) / 2, rel=1e-15)
+    np.testing.assert_array_equal(dP, [[-0.5, 0.0], [0.0, -1 / 1.5]])
+    with pytest.raises(ValueError, match=exactly("P must be > 0 wherever y > 0 (log 0 is -inf)")):
+        R.cross_entropy_loss(P, np.array([1, 1]))
+
+
+def test_normalize_backward_of_a_row_shorter_than_eps_is_the_linear_map():
+    A = np.array([[1e-13, 0.0], [3.0, 4.0]])
+    A_hat, n = R.normalize(A)
+    np.testing.assert_array_equal(A_hat, [[0.1, 0.0], [0.6, 0.8]])
+    np.testing.assert_array_equal(n, [[R.NORM_EPS], [5.0]])
+    g = np.array([[1.0, 2.0], [1.0, 0.0]])
+    # row 0: g / eps; row 1: (g - a_hat (a_hat . g)) / |a| = ([1, 0] - 0.6 [0.6, 0.8]) / 5
+    np.testing.assert_allclose(R.normalize_backward(A_hat, n, g),
+                               [[1e12, 2e12], [0.128, -0.096]], rtol=1e-15)
+
+
+def test_top_k_ties_go_to_the_lower_class():
+    logits = np.tile([1.0, 2.0], 9)[None, :17]  # classes 1, 3, 5, ... tie at 2
+    assert R.accuracy(logits, np.array([5]), topk=(2, 3)) == [0.0, 100.0]
+
+
+@pytest.mark.parametrize(
+    "y, error, message",
+    [
+        (np.array([0.0, 1.0]), TypeError, "y must hold integer class indices, got dtype float64"),
+        (np.array([0, 1, 2]), ValueError, "y must have shape (2,), got (3,)"),
+        (np.array([0, 3]), ValueError, "labels y must be in [0, 3), got 3"),
+        (np.array([-1, 3]), ValueError, "labels y must be in [0, 3), got -1"),
+        (np.eye(2), ValueError, "y must have shape (2,) or (2, 3), got (2, 2)"),
+        (np.array([[0.5, 0.6, 0.0], [1, 0, 0]]), ValueError,
+         "label matrix y must have non-negative rows that sum to 1"),
+        (np.array([[1.5, -0.5, 0.0], [1, 0, 0]]), ValueError,
+         "label matrix y must have non-negative rows that sum to 1"),
+    ],
+)
+def test_bad_labels_are_named_exactly(y, error, message):
+    with pytest.raises(error, match=exactly(message)):
+        R.softmax_loss(np.zeros((2, 3)), y)
+
+
+def test_margin_losses_name_soft_rows_exactly():
+    with pytest.raises(ValueError, match=exactly(
+            "margin losses need one target class per sample: y has soft rows")):
+        R.am_softmax_loss(np.eye(2), np.eye(2), np.full((2, 2), 0.5))
