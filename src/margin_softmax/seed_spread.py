@@ -1,0 +1,72 @@
+"""compare's results over several seeds: each metric's mean and sample standard deviation,
+and which differences between two losses are larger than the seed-to-seed spread.
+
+A seed fixes the data (identities, split, trials) and the initial weights, and every loss run
+under one seed gets the same ones, so two losses' results pair up by seed. The differences
+d_k = a_k - b_k of the n seeds cancel what a seed does to every loss alike (an easy or a hard
+draw of identities and trials). A difference is marked when a two-sided paired t-test at 5 %
+rejects mean(d) = 0:
+
+    |mean(d)| > t(0.975, n - 1) * sd(d) / sqrt(n),    sd: the sample std (ddof = 1).
+
+With 3 seeds that is |mean(d)| > 4.303 * sd(d) / sqrt(3) = 2.48 * sd(d). The same n differences,
+all non-zero (sd = 0), are marked; one seed has no spread and marks nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import t as student_t
+
+LEVEL = 0.05  # two-sided
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (ddof=1) of ``values``; None for one value."""
+    x = np.asarray(values, dtype=np.float64)  # (n,)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"values must be a non-empty 1-D sequence; got shape {x.shape}")
+    return float(x.mean()), (float(x.std(ddof=1)) if x.size > 1 else None)
+
+
+def summarise(per_seed: list[dict[str, float]]) -> dict:
+    """One loss over the seeds. per_seed: one dict per seed, {"seed": s, metric: value, ...},
+    the same metrics in each. Returns {metric: mean, ..., "std": {metric: sample std or None},
+    "per_seed": per_seed}."""
+    keys = [key for key in per_seed[0] if key != "seed"]
+    spread = {key: mean_and_std([run[key] for run in per_seed]) for key in keys}
+    return {**{key: m for key, (m, _) in spread.items()},
+            "std": {key: s for key, (_, s) in spread.items()}, "per_seed": per_seed}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict:
+    """a - b over the seeds, a (n,) and b (n,) paired by seed: {"mean": mean(d), "std": sd(d)
+    (None for n = 1), "marked": whether a two-sided paired t-test at ``level`` rejects
+    mean(d) = 0}."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)  # (n,)
+    mean, sd = mean_and_std(d)
+    if sd is None:
+        return {"mean": mean, "std": None, "marked": False}
+    critical = float(student_t.ppf(1 - level / 2, d.size - 1))
+    return {"mean": mean, "std": sd, "marked": abs(mean) * math.sqrt(d.size) > critical * sd}
+
+
+def differences(
+    per_seed: dict[str, list[dict[str, float]]], baseline: str, keys: Sequence[str]
+) -> dict[str, dict[str, dict]]:
+    """Every loss but ``baseline`` against it: {loss: {metric: paired_difference}} for each
+    metric in ``keys``. per_seed: loss -> one dict per seed, in the same seed order."""
+    base = per_seed[baseline]
+    seeds = [r["seed"] for r in base]
+    for name, runs in per_seed.items():
+        if [r["seed"] for r in runs] != seeds:
+            raise ValueError(f"{name}'s seeds {[r['seed'] for r in runs]} are not {baseline}'s "
+                             f"{seeds}: the runs must pair up by seed")
+    return {
+        name: {key: paired_difference([r[key] for r in runs], [r[key] for r in base])
+               for key in keys}
+        for name, runs in per_seed.items() if name != baseline
+    }
