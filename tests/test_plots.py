@@ -230,11 +230,53 @@ def test_score_histograms_label_both_axes(tmp_path):
     fig = plots.score_histograms({"a": score_trials(rng, 2.0), "b": score_trials(rng, 2.5)},
                                  tmp_path / "s.png")
     for ax in fig.axes:
-        assert ax.get_xlabel() == "cosine score" and ax.get_ylabel() == "density"
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["non-target",
-                                                                            "target"]
+        assert ax.get_xlabel() == "cosine score" and ax.get_ylabel() == "density (log scale)"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "non-target", "target", "EER threshold"]
     assert math.isclose(sum(p.get_height() * p.get_width() for p in fig.axes[0].patches[:80]),
                         1.0, rel_tol=1e-6)
+
+
+def test_score_panels_share_log_axes_that_show_a_single_overlapping_trial(tmp_path):
+    # "easy" has one non-target above every target's score: one trial in one bin, density
+    # 1 / (1000 * 0.025) = 0.04, a sliver on a linear axis next to peaks near 10
+    rng = np.random.default_rng(6)
+    labels = np.repeat([1, 0], 1000)
+    easy = np.where(labels == 1, rng.normal(0.7, 0.03, 2000), rng.normal(0.0, 0.03, 2000))
+    easy[-1] = 0.95
+    fig = plots.score_histograms({"easy": (easy, labels), "hard": score_trials(rng, 1.0)},
+                                 tmp_path / "s.png")
+    first, second = fig.axes
+    assert first.get_yscale() == "log" and second.get_yscale() == "log"
+    assert first.get_shared_x_axes().joined(first, second)
+    assert first.get_shared_y_axes().joined(first, second)
+    assert first.get_xlim() == second.get_xlim() and first.get_ylim() == second.get_ylim()
+    (low, high), (left, right) = first.get_ylim(), first.get_xlim()
+    assert left < 0.95 < right
+    # the bar of one trial rises a twentieth of the panel's height or more
+    assert math.log(0.04 / low) / math.log(high / low) > 0.05
+    bars = [p for p in first.patches[:80] if p.get_x() <= 0.95 < p.get_x() + p.get_width()]
+    assert [p.get_height() for p in bars] == [pytest.approx(0.04)]  # the non-targets' bars
+
+
+def test_eer_threshold_is_where_far_meets_frr():
+    # accept score >= t. Targets 0.9 0.8 0.4, non-targets 0.7 0.3 0.2: at t = 0.7 FAR = 1/3,
+    # FRR = 1/3 (0.4 rejected); at t = 0.8 FAR = 0 < FRR = 1/3
+    scores = np.array([0.9, 0.8, 0.4, 0.7, 0.3, 0.2])
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    assert plots.eer_threshold(scores, labels) == 0.7
+
+
+def test_score_panels_draw_the_eer_threshold_and_give_the_eer(tmp_path):
+    rng = np.random.default_rng(7)
+    scores, labels = score_trials(rng, 2.0)
+    ax = plots.score_histograms({"arcface": (scores / 8, labels)}, tmp_path / "s.png").axes[0]
+    (line,) = [line for line in ax.lines if line.get_label() == "EER threshold"]
+    assert line.get_xdata()[0] == plots.eer_threshold(scores / 8, labels)
+    far, frr = brute_force_rates(scores / 8, labels)
+    rate = far[np.argmin(np.abs(far - frr))]
+    assert ax.get_title().startswith("arcface (EER ")
+    assert float(ax.get_title()[len("arcface (EER "):-2]) == pytest.approx(100 * rate, abs=0.2)
 
 
 def texts_of(fig):
@@ -263,6 +305,8 @@ def test_no_text_runs_off_a_figure_of_any_number_of_panels(tmp_path, count):
                plots.target_logit_curves(margins, tmp_path / "t.png"),
                plots.det_curves(trials, tmp_path / "d.png")]
     for fig in figures:
+        if fig._suptitle is not None:  # one line: a wrapped title left a word alone
+            assert "\n" not in fig._suptitle.get_text()
         renderer = fig.canvas.get_renderer()
         for text in texts_of(fig):
             box = text.get_window_extent(renderer)

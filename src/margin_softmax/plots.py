@@ -6,7 +6,8 @@ pyplot, no display, no global backend switch). Each function writes one PNG (ato
   with the class-centre directions (the classic ArcFace figure), one panel per loss.
 - ``target_logit_curves``: psi(theta) of each loss's target logit against the angle theta,
   with the no-margin curve cos(theta) for reference.
-- ``score_histograms``: target and non-target cosine scores, one panel per loss.
+- ``score_histograms``: target and non-target cosine scores on a log density axis, one panel
+  per loss, all panels on the same axes, with the threshold at each loss's EER.
 - ``det_curves``: false-reject against false-accept rate on probit axes, all losses.
 
 Losses keep one colour and line style in every figure (``loss_style``).
@@ -31,6 +32,8 @@ from .metrics import eer, roc_points
 from .score_norm import unit_rows
 
 DPI = 100
+MIN_WIDTH = 6.8  # inches: a figure's one-line title fits at 12 points
+LEGEND_ROOM = 30.0  # the score histograms' y axis reaches this factor above the highest bar
 
 # Okabe and Ito's palette, which colour-blind readers can tell apart. Losses leave out black
 # (the reference line's) and yellow (faint on white); each also gets its own line style, so
@@ -52,13 +55,18 @@ def loss_style(k: int) -> dict:
     return {"color": LOSS_COLOURS[k % 6], "linestyle": LOSS_DASHES[(k + k // 6) % 6]}
 
 
-def _panels(count: int, width: float = 3.4, height: float = 3.2):
-    """A figure with ``count`` axes in rows of at most 3, and the axes as a flat list."""
+def _panels(count: int, width: float = 3.4, height: float = 3.2, shared: bool = False):
+    """A figure with ``count`` axes in rows of at most 3 (at least MIN_WIDTH wide), and the
+    axes as a flat list; ``shared``: every panel has the first one's x and y axes."""
     cols = min(3, max(count, 1))
     rows = math.ceil(max(count, 1) / cols)
-    fig = Figure(figsize=(width * cols, height * rows), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(max(width * cols, MIN_WIDTH), height * rows), dpi=DPI,
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(rows, cols, k + 1) for k in range(count)]
+    axes: list = []
+    for k in range(count):
+        first = axes[0] if shared and axes else None
+        axes.append(fig.add_subplot(rows, cols, k + 1, sharex=first, sharey=first))
     return fig, axes
 
 
@@ -73,11 +81,6 @@ def _wrap(fig: Figure, text: str, size: float) -> str:
     """text in lines that fit the figure's width at font size ``size`` (points)."""
     per_line = int(fig.get_figwidth() * 72 / (0.62 * size))  # DejaVu Sans: ~0.6 em a letter
     return textwrap.fill(text, per_line)
-
-
-def _suptitle(fig: Figure, text: str) -> None:
-    """The figure's title, wrapped to its width (one panel is narrower than most titles)."""
-    fig.suptitle(_wrap(fig, text, 12.0), fontsize=12.0)
 
 
 def centre_classes(centres: np.ndarray, num_classes: int) -> np.ndarray:
@@ -124,8 +127,7 @@ def unit_circle(
         ax.set_yticks([-1, 0, 1])
         ax.set_xlabel(r"$x_1\,/\,\|x\|$")
         ax.set_ylabel(r"$x_2\,/\,\|x\|$")
-    _suptitle(fig, "2-D embeddings on the unit circle: dots are samples, lines class-centre "
-              "directions, one colour per class")
+    fig.suptitle("Samples (dots) and class centres (lines) on the unit circle", fontsize=12)
     save(fig, path)
     return fig
 
@@ -164,25 +166,44 @@ def target_logit_curves(margins: dict[str, Margin | None], path: str | os.PathLi
     return fig
 
 
+def eer_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold at the equal error rate: the highest score threshold (accept score >= t)
+    at which FAR >= FRR, as ``metrics.eer`` finds it. scores (T,), labels (T,) 1/0."""
+    far, frr, thresholds = roc_points(scores, labels)
+    return float(thresholds[np.argmax(far >= frr)])
+
+
 def score_histograms(
     trials: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike
 ) -> Figure:
-    """trials: loss -> (scores (T,), labels (T,) 1 target / 0 non-target)."""
-    fig, axes = _panels(len(trials), height=2.8)
+    """trials: loss -> (scores (T,), labels (T,) 1 target / 0 non-target). Densities on a log
+    axis, so that the tails where the two classes overlap show; every panel on the same axes,
+    down to the density of one trial in a bin; a dashed line at each loss's EER threshold."""
+    fig, axes = _panels(len(trials), height=2.8, shared=True)
     bins = np.linspace(-1, 1, 81)
+    lowest, highest = np.inf, 0.0  # the smallest non-zero and the largest density drawn
     for ax, (name, (scores, labels)) in zip(axes, trials.items(), strict=True):
         target = np.asarray(labels) == 1
         for kind, rows, colour in (("non-target", ~target, OKABE_ITO[0]),
                                    ("target", target, OKABE_ITO[1])):
-            ax.hist(scores[rows], bins=bins, density=True, color=colour, alpha=0.45, label=kind)
+            heights, _, _ = ax.hist(scores[rows], bins=bins, density=True, color=colour,
+                                    alpha=0.45, label=kind)
             # the outline keeps each shape visible where the two overlap
             ax.hist(scores[rows], bins=bins, density=True, color=colour, histtype="step", lw=1)
-        ax.set_title(name)
+            lowest = min(lowest, heights[heights > 0].min(initial=np.inf))
+            highest = max(highest, heights.max())
+        ax.axvline(eer_threshold(scores, labels), color="0.2", lw=1, ls="--",
+                   label="EER threshold")
+        ax.set_yscale("log")
+        ax.set_title(f"{name} (EER {100 * eer(scores, labels):.2f}%)", fontsize=10)
         ax.set_xlabel("cosine score")
-        ax.set_ylabel("density")
+        ax.set_ylabel("density (log scale)")
     if axes:
-        axes[0].legend(fontsize=8)
-    _suptitle(fig, "Verification scores on identities unseen in training")
+        every = np.concatenate([scores for scores, _ in trials.values()])
+        axes[0].set_xlim(max(every.min() - 0.05, -1.0), min(every.max() + 0.05, 1.0))
+        axes[0].set_ylim(lowest / 2, highest * LEGEND_ROOM)
+        axes[0].legend(fontsize=8, ncols=2, loc="upper left")
+    fig.suptitle("Verification scores on identities unseen in training", fontsize=12)
     save(fig, path)
     return fig
 
