@@ -2,9 +2,10 @@
 HTML report (figures embedded as base64 PNG data URIs, so the one file can be mailed or
 opened offline).
 
-``results`` is the dict written to results.json:
-{"losses": {name: {"accuracy": ..., "eer": ..., ...}}, "settings": {...}}. The captions are
-written from the settings, so they describe the run they come with.
+``results`` is the dict written to results.json: {"losses": {name: {"accuracy": mean over
+the seeds, ..., "std": {...}, "per_seed": [...]}}, "differences": {"baseline": name, "losses":
+{name: {metric: {"mean", "std", "marked"}}}}, "settings": {...}} (see seed_spread). The
+captions are written from the settings, so they describe the run they come with.
 """
 
 from __future__ import annotations
@@ -18,30 +19,89 @@ from pathlib import Path
 from .atomic_files import atomic_write_text
 from .margins import Margin
 
-# (key in results["losses"][name], column header, format of the value)
+# (key in results["losses"][name], column header, scale, decimals, unit): 0.0159 -> "1.59%"
 COLUMNS = (
-    ("accuracy", "accuracy", lambda v: f"{100 * v:.1f}%"),
-    ("eer", "EER", lambda v: f"{100 * v:.2f}%"),
-    ("min_dcf_0.01", "minDCF(0.01)", lambda v: f"{v:.3f}"),
-    ("min_dcf_0.05", "minDCF(0.05)", lambda v: f"{v:.3f}"),
-    ("tar_at_far_1e-3", "TAR@FAR=1e-3", lambda v: f"{100 * v:.1f}%"),
-    ("train_seconds", "train s", lambda v: f"{v:.1f}"),
+    ("accuracy", "accuracy", 100, 1, "%"),
+    ("eer", "EER", 100, 2, "%"),
+    ("min_dcf_0.01", "minDCF(0.01)", 1, 3, ""),
+    ("min_dcf_0.05", "minDCF(0.05)", 1, 3, ""),
+    ("tar_at_far_1e-3", "TAR@FAR=1e-3", 100, 1, "%"),
+    ("train_seconds", "train s", 1, 1, ""),
 )
+FORMATS = {key: (scale, decimals, unit) for key, _, scale, decimals, unit in COLUMNS}
+COMPARED = tuple(key for key in FORMATS if key != "train_seconds")  # tested against the baseline
+MARK = "*"  # a difference from the baseline larger than the seed-to-seed spread
+
+
+def number(key: str, value: float, std: float | None = None, signed: bool = False) -> str:
+    """The value of column ``key`` as shown, with "± std" when there is one: "1.59 ± 0.21%"."""
+    scale, decimals, unit = FORMATS[key]
+    text = f"{scale * value:{'+' if signed else ''}.{decimals}f}"
+    if std is not None:
+        text += f" ± {scale * std:.{decimals}f}"
+    return text + unit
+
+
+def _marked(results: dict, name: str, key: str) -> str:
+    differences = results.get("differences", {}).get("losses", {})
+    return MARK if differences.get(name, {}).get(key, {}).get("marked") else ""
 
 
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    """The header and one row of formatted cells per loss."""
-    header = ["loss", *(title for _, title, _ in COLUMNS)]
+    """The header and one row per loss: each column's mean ± std over the seeds, MARK where
+    the loss differs from the baseline by more than the seed-to-seed spread."""
+    header = ["loss", *(title for _, title, *_ in COLUMNS)]
     rows = [
-        [name, *(fmt(metrics[key]) for key, _, fmt in COLUMNS)]
-        for name, metrics in results["losses"].items()
+        [name, *(number(key, m[key], m.get("std", {}).get(key)) + _marked(results, name, key)
+                 for key in FORMATS)]
+        for name, m in results["losses"].items()
     ]
     return header, rows
 
 
+def difference_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """The header and one row per loss but the baseline: the mean ± std over the seeds of
+    (loss - baseline) in each COMPARED column, MARK where it exceeds the spread."""
+    titles = dict((key, title) for key, title, *_ in COLUMNS)
+    header = ["loss", *(f"Δ {titles[key]}" for key in COMPARED)]
+    rows = [
+        [name, *(number(key, d[key]["mean"], d[key]["std"], signed=True)
+                 + _marked(results, name, key) for key in COMPARED)]
+        for name, d in results["differences"]["losses"].items()
+    ]
+    return header, rows
+
+
+def per_seed_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """The header and one row per loss and seed: that seed's value of each column."""
+    header = ["loss", "seed", *(title for _, title, *_ in COLUMNS)]
+    rows = [
+        [name, str(run["seed"]), *(number(key, run[key]) for key in FORMATS)]
+        for name, m in results["losses"].items() for run in m["per_seed"]
+    ]
+    return header, rows
+
+
+def table_note(results: dict) -> str:
+    """What the table's ± and MARK mean, and which seed the figures show."""
+    settings = results["settings"]
+    seeds = ", ".join(map(str, settings["seeds"]))
+    figures = f"The figures show seed {settings['figure_seed']}."
+    if len(settings["seeds"]) == 1:
+        return f"One seed ({seeds}): no spread, nothing marked. {figures}"
+    return (f"Mean ± sample standard deviation (ddof=1) over {len(settings['seeds'])} seeds "
+            f"({seeds}). {MARK} differs from {results['differences']['baseline']} by more than "
+            "the seed-to-seed spread (two-sided paired t-test over the seeds at 5%). " + figures)
+
+
 def format_table(results: dict) -> str:
-    """The results as aligned plain text: loss names left, numbers right."""
+    """The results as aligned plain text: loss names left, numbers right (a column with
+    marks leaves a blank where a cell has none, so the numbers line up)."""
     header, rows = table_rows(results)
+    for k in range(1, len(header)):
+        if any(row[k].endswith(MARK) for row in rows):
+            for row in rows:
+                row[k] += "" if row[k].endswith(MARK) else " "
     widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
     lines = []
     for row in [header, *rows]:
@@ -68,67 +128,90 @@ def data_summary(settings: dict) -> str:
             f"{settings['target_trials']} of them target")
 
 
+def margin_terms(margins: list[Margin]) -> str:
+    """What each margin parameter in use does to psi, e.g. "m3 lowers the curve by the same
+    amount at every angle"; "" when no margin uses any."""
+    terms = [text for used, text in (
+        (any(m.m3 for m in margins), "m3 lowers the curve by the same amount at every angle"),
+        (any(m.m2 for m in margins), "m2 shifts it by an angle"),
+        (any(m.m1 != 1 for m in margins), "m1 multiplies the angle"),
+    ) if used]
+    return ", ".join(terms)
+
+
 def figure_texts(
     settings: dict, margins: dict[str, Margin | None], sub_centres: bool = False
 ) -> list[tuple[str, str, str]]:
     """(file name, alt text, caption) of each figure. margins: the target-logit figure's
     curves (label -> Margin, None where the margin varies per sample); sub_centres: whether
-    some head of the 2-D run has several centres per class."""
+    some head of the 2-D run has several centres per class. A caption names only losses of
+    this run (settings["heads"])."""
+    seed = settings["figure_seed"]
     classes, samples = settings["classes_2d"], settings["samples_2d"]
     if settings["dataset"] == "synthetic":
         data_2d = f"{classes} other synthetic identities × {samples // classes} samples"
     else:
         data_2d = f"the {classes} training digits, {samples} samples"
     circle = (
-        f"A second run per loss with 2-D embeddings ({data_2d}; "
+        f"A second run per loss with 2-D embeddings, at seed {seed} ({data_2d}; "
         f"{settings['train_2d']['epochs']} epochs), small enough to draw; the table comes from "
-        "the main run. Each sample is normalised onto the unit circle (dots, coloured by "
+        "the main runs. Each sample is normalised onto the unit circle (dots, coloured by "
         "class); the lines are the directions of the class centres (the head's weight rows, "
         "in the colour of their class). Each panel's title gives the mean angle between a "
         "sample and its own class centre: the smaller, the more tightly the loss gathers each "
-        "class around its centre, which is what a margin asks for. Softmax has a bias and "
-        "unnormalised weights, so its classes need not sit on its lines."
+        "class around its centre, which is what a margin asks for."
     )
+    if "softmax" in settings["heads"]:
+        circle += (" Softmax has a bias and unnormalised weights, so its classes need not sit "
+                   "on its lines.")
     if sub_centres:
         circle += " Heads with sub-centres draw a line per sub-centre; the angle is to the nearest."
-    drawn = [m for m in margins.values() if m is not None]
+    drawn = [m for m in margins.values() if m is not None and not m.is_identity]
+    plain = [name for name, m in margins.items() if m is not None and m.is_identity]
     varying = [name for name, m in margins.items() if m is None]
     curves = (
-        "ψ(θ), the target-class logit divided by the scale s, of each loss as trained here, "
-        "against the angle θ between an embedding and its class centre. The thick grey line "
-        "is cos θ, the target logit of a loss without a margin (NormFace, AdaCos; softmax has "
-        "none either, though its logit |x||w|·cos θ + b has no fixed scale). A curve below it "
-        "is a margin: the loss scores the sample as if it were further from its centre, so it "
-        "keeps pulling it in. The labels give each margin in the combined form "
-        "ψ = cos(m1·θ + m2) − m3, in radians: m3 (CosFace) lowers the curve by the same amount "
-        "at every angle, m2 (ArcFace) shifts it by an angle, m1 (SphereFace) multiplies the "
-        "angle."
+        f"ψ(θ), the target-class logit divided by the scale s, of each loss as trained at seed "
+        f"{seed}, against the angle θ between an embedding and its class centre. The thick "
+        "grey line is cos θ, the target logit without a margin"
+        + (f" ({', '.join(plain)})." if plain else ".")
     )
+    if "softmax" in plain:
+        curves += (" Softmax has no margin either, though its logit |x||w|·cos θ + b has no "
+                   "fixed scale.")
+    if drawn:
+        curves += (" A curve below the grey line is a margin: the loss scores the sample as if "
+                   "it were further from its centre, so it keeps pulling it in. The labels give "
+                   "each margin as ψ = cos(m1·θ + m2) − m3, in radians: "
+                   f"{margin_terms(drawn)}.")
     if any(m.blend for m in drawn):
         curves += (" SphereFace is drawn with the annealing weight λ it ended training with: "
                    "ψ = (λ·cos θ + ψ_SphereFace) / (1 + λ).")
     if any(m.fallback == "seed" for m in drawn):
-        curves += (" The small step near 180° − m2 is ArcFace's fallback: where θ + m2 would "
-                   "pass 180°, ψ = cos θ − m2·sin m2.")
+        curves += (" The small step near 180° − m2 is a fallback: where θ + m2 would pass "
+                   "180°, ψ = cos θ − m2·sin m2.")
     if varying:
         curves += (f" Not drawn, because their margin varies from sample to sample: "
                    f"{', '.join(varying)}.")
     nontargets = settings["trials"] - settings["target_trials"]
     scores = (
-        f"Histograms (density) of the cosine scores of the {settings['trials']} verification "
+        f"Histograms of the cosine scores of seed {seed}'s {settings['trials']} verification "
         f"trials, {settings['target_trials']} target (two samples of one identity) and "
         f"{nontargets} non-target, among the {settings['held_out_identities']} identities held "
-        "out of training. The less the two overlap, the fewer errors any threshold makes; what "
-        "matters is the overlap, not where either peak sits."
+        "out of training. The density axis is logarithmic, so the tails, where the two "
+        "overlap, show; all panels share both axes. The dashed line is the threshold at the "
+        "loss's EER (in the panel's title): non-target scores right of it are false accepts, "
+        "target scores left of it false rejects. The less the two overlap, the fewer errors "
+        "any threshold makes; what matters is the overlap, not where either peak sits."
     )
     det = (
-        "DET curves of the same trials: the false-reject rate against the false-accept rate as "
-        "the threshold moves, both on a probit (normal-deviate) scale with ticks in percent, "
-        "as in speaker verification; scores with roughly normal distributions give straight "
-        "lines. Lower left is better. Each dot is a loss's EER, where its curve meets the "
-        "diagonal (the table's EER, also in the legend); the dotted vertical line is "
-        "FAR = 0.1%, where the table's TAR@FAR=1e-3 is 100% minus the curve's false-reject "
-        f"rate. With {nontargets} non-target and {settings['target_trials']} target trials, "
+        f"DET curves of the same trials (seed {seed}): the false-reject rate against the "
+        "false-accept rate as the threshold moves, both on a probit (normal-deviate) scale "
+        "with ticks in percent, as in speaker verification; scores with roughly normal "
+        "distributions give straight lines. Lower left is better. Each dot is a loss's EER at "
+        "this seed, where its curve meets the diagonal (also in the legend; the table gives "
+        "the mean over the seeds); the dotted vertical line is FAR = 0.1%, where "
+        "TAR@FAR=1e-3 is 100% minus the curve's false-reject rate. With "
+        f"{nontargets} non-target and {settings['target_trials']} target trials, "
         f"rates below {100 / max(min(nontargets, settings['target_trials']), 1):.2g}% "
         "cannot be measured."
     )
@@ -145,21 +228,35 @@ def _image(path: str | os.PathLike, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
-def render_html(results: dict, figures: list[tuple[str, str, str | os.PathLike]]) -> str:
-    """The report page: the data, the table, each (alt text, caption, PNG path) figure
-    inline, the settings."""
-    header, rows = table_rows(results)
-    head_html = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body_html = "".join(
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """A <table> of text cells."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(results: dict, figures: list[tuple[str, str, str | os.PathLike]]) -> str:
+    """The report page: the data, the table of means ± std, the differences from the
+    baseline, each (alt text, caption, PNG path) figure inline, every seed's numbers, the
+    settings."""
     figures_html = "".join(
         f"<figure>{_image(path, alt)}<figcaption>{html.escape(caption)}</figcaption></figure>\n"
         for alt, caption, path in figures
     )
-    settings = results.get("settings", {})
-    data = f" on {html.escape(data_summary(settings))}" if "dataset" in settings else ""
-    settings_json = html.escape(json.dumps(settings, indent=2))
+    settings = results["settings"]
+    differences = ""
+    if results["differences"]["losses"]:
+        baseline = html.escape(results["differences"]["baseline"])
+        differences = f"""<h2>Differences from {baseline}</h2>
+<p>Each loss minus {baseline}, seed by seed (every loss of a seed has the same data, trials and
+initial seed), then the mean ± sample standard deviation of those differences. {MARK} marks a
+difference larger than its seed-to-seed spread: a two-sided paired t-test at 5%, that is
+|mean| &gt; t(0.975, n − 1) · std / √n for n seeds. The pairing takes out what a seed does to
+every loss alike, so a difference can be marked although the two losses' own ± overlap.</p>
+{html_table(*difference_rows(results))}
+"""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>margin-softmax compare</title>
 <style>
@@ -173,15 +270,20 @@ figcaption {{ max-width: 50em; }}
 pre {{ background: #f6f6f6; padding: 1em; }}
 </style></head><body>
 <h1>margin-softmax compare</h1>
-<p>The same network trained with each loss{data}.</p>
+<p>The same network trained with each loss on {html.escape(data_summary(settings))}.</p>
 <p>Accuracy (higher is better): closed-set top-1 on the held-back samples of the training
 identities. EER and minDCF (normalised, C_miss = C_fa = 1, at p_target 0.01 and 0.05; lower is
 better) and TAR at FAR = 0.1% (higher is better): open-set verification by the cosine of two
 embeddings, on identities never seen in training. train s: wall-clock seconds of the training
-loop on the machine that ran it.</p>
-<table><thead><tr>{head_html}</tr></thead><tbody>{body_html}</tbody></table>
-{figures_html}<h2>Settings</h2>
-<pre>{settings_json}</pre>
+loop on the machine that ran it. Each seed draws its own data, split, trials and initial
+weights.</p>
+{html_table(*table_rows(results))}
+<p>{html.escape(table_note(results))}</p>
+{differences}<h2>Figures (seed {settings["figure_seed"]})</h2>
+{figures_html}<h2>Every seed</h2>
+{html_table(*per_seed_rows(results))}
+<h2>Settings</h2>
+<pre>{html.escape(json.dumps(settings, indent=2))}</pre>
 </body></html>
 """
 

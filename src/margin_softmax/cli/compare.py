@@ -4,15 +4,20 @@ compare closed-set accuracy, open-set verification and training time.
 Data: identities are split (open_set_split) into training identities and held-out ones that
 the network never sees. A fifth of each training identity's samples is held back for the
 closed-set accuracy; verification trials (cosine scores) are drawn among the held-out
-identities. Writes results.json, report.html and the PNGs into ``--out``.
+identities. Each of ``--num-seeds`` seeds draws its own data, split, trials and initial
+weights, and trains every loss on them; the table gives each metric's mean ± sample std over
+the seeds and marks the differences from softmax larger than the seed-to-seed spread
+(seed_spread). The figures show the first seed. Writes results.json, report.html and the PNGs
+into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,13 +27,23 @@ from .. import __version__, data, metrics, scoring
 from ..atomic_files import atomic_write_text
 from ..registry import DEFAULT_LOSSES, build_head, head_parameters
 from ..train_config import TrainConfig
-from .common import loss_names, output_folder, positive_int, seed_int, set_threads, writing
+from .common import (
+    SEED_MAX,
+    CliError,
+    loss_names,
+    output_folder,
+    positive_int,
+    seed_int,
+    set_threads,
+    writing,
+)
 
 HELD_OUT_FRACTION = 0.3  # of the identities, for open-set verification
 TEST_FRACTION = 0.2  # of each training identity's samples, for closed-set accuracy
 SYNTHETIC_DIM = 32
 CLASSES_2D = 8  # classes in the unit-circle figure
 SAMPLES_2D = 100  # samples per class of the synthetic 2-D run
+NUM_SEEDS = 3  # a default run: enough seeds for a spread, within 3 minutes on 2 cores
 
 if TYPE_CHECKING:  # torch, the heads and the plots are imported when the command runs
     import torch
@@ -53,7 +68,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=("synthetic", "digits"), default="synthetic",
                    help="synthetic identities (default) or scikit-learn's 8x8 digits")
     p.add_argument("--seed", type=seed_int, default=0,
-                   help="seed for data and training (default 0)")
+                   help="the first seed for data and training; the figures show it (default 0)")
+    p.add_argument("--num-seeds", type=positive_int, default=NUM_SEEDS,
+                   help="seeds --seed, --seed + 1, ...: the table gives mean ± std over them "
+                   f"(default {NUM_SEEDS})")
     p.add_argument("--epochs", type=positive_int, default=20, help="epochs per loss (default 20)")
     p.add_argument("--epochs-2d", type=positive_int, default=60,
                    help="epochs of the 2-D run per loss (default 60)")
@@ -68,11 +86,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load_dataset(name: str, identities: int, per_identity: int, seed: int):
-    """features (N, D) float32 and labels (N,) int64 of the chosen embedded dataset."""
-    if name == "digits":
-        return data.digits()
-    return data.synthetic_identities(identities, per_identity, SYNTHETIC_DIM, seed=seed)
+def seed_list(first: int, count: int) -> list[int]:
+    """[first, first + 1, ..., first + count - 1], all valid torch seeds."""
+    if first + count - 1 > SEED_MAX:
+        raise CliError(f"--seed {first} with --num-seeds {count}: the last seed, "
+                       f"{first + count - 1}, is above {SEED_MAX}")
+    return list(range(first, first + count))
+
+
+@dataclass(frozen=True)
+class Split:
+    """One seed's draw: training rows, the closed-set test rows (classes of the training
+    set), and the held-out identities with their verification trials."""
+
+    x_train: np.ndarray  # (N_train, D)
+    y_train: np.ndarray  # (N_train,) in [0, K)
+    x_test: np.ndarray  # (N_test, D)
+    y_test: np.ndarray  # (N_test,) in [0, K)
+    held_out: np.ndarray  # (N_held, D)
+    held_out_labels: np.ndarray  # (N_held,) identities never trained on
+    trials: tuple[np.ndarray, np.ndarray, np.ndarray]  # i (T,), j (T,) rows of held_out; target
+    num_classes: int  # K
+
+
+def draw_split(x: np.ndarray, y: np.ndarray, trials: int, seed: int) -> Split:
+    """Split features x (N, D) and labels y (N,) by identity (HELD_OUT_FRACTION held out),
+    hold back TEST_FRACTION of each training identity, draw the trials."""
+    split = data.open_set_split(x, y, HELD_OUT_FRACTION, seed=seed)
+    test = closed_set_mask(split.train_labels, TEST_FRACTION, seed)
+    return Split(
+        split.train_features[~test], split.train_labels[~test],
+        split.train_features[test], split.train_labels[test],
+        split.held_out_features, split.held_out_labels,
+        data.verification_trials(split.held_out_labels, trials, seed=seed),
+        int(split.train_labels.max()) + 1,
+    )
 
 
 def data_2d(dataset: str, x_train: np.ndarray, y_train: np.ndarray, seed: int):
@@ -130,74 +178,103 @@ def train_one(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, config:
     return model, head, fit(model, head, x, y, config, progress=progress, desc=desc)
 
 
+def score_loss(name: str, split: Split, config: TrainConfig, progress: bool, desc: str):
+    """Train loss ``name`` on the split and measure it: (metrics, the trials' cosine scores
+    (T,), the trained head)."""
+    import torch
+
+    from ..training import embed
+
+    model, head, trained = train_one(name, split.x_train, split.y_train, split.num_classes,
+                                     config, progress, desc)
+    with torch.no_grad():
+        logits = head.logits(torch.as_tensor(embed(model, split.x_test)))  # (N_test, K)
+    i, j, target = split.trials
+    scores = scoring.pair_cosines(embed(model, split.held_out), i, j)  # (T,)
+    measured = {
+        "accuracy": metrics.accuracy(logits, split.y_test)[0],
+        **scoring.summary(scores, target, p_targets=(0.01, 0.05), fars=(1e-3,)),
+        "train_seconds": trained.seconds,
+        "final_train_loss": trained.epoch_losses[-1],
+    }
+    return measured, scores, head
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import plots, report
+    from .. import plots, report, seed_spread
     from ..training import embed
 
     start = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    seeds = seed_list(args.seed, args.num_seeds)
     out = output_folder(args.out or Path("runs") / f"compare-{stamp}", args.force)
     losses = list(dict.fromkeys(n for group in args.losses or [DEFAULT_LOSSES] for n in group))
     set_threads(args.threads)
     progress = not args.quiet
 
-    x, y = load_dataset(args.dataset, args.identities, args.samples_per_identity, args.seed)
-    split = data.open_set_split(x, y, HELD_OUT_FRACTION, seed=args.seed)
-    test = closed_set_mask(split.train_labels, TEST_FRACTION, args.seed)
-    x_train, y_train = split.train_features[~test], split.train_labels[~test]
-    x_test, y_test = split.train_features[test], split.train_labels[test]
-    num_classes = int(split.train_labels.max()) + 1
-    ti, tj, target = data.verification_trials(split.held_out_labels, args.trials, seed=args.seed)
+    digits = data.digits() if args.dataset == "digits" else None  # loaded once, split per seed
+    per_seed: dict[str, list[dict]] = {name: [] for name in losses}
+    curves, trials = {}, {}  # of the first seed, for the figures
+    for seed in seeds:
+        x, y = digits if digits is not None else data.synthetic_identities(
+            args.identities, args.samples_per_identity, SYNTHETIC_DIM, seed=seed)
+        split = draw_split(x, y, args.trials, seed)
+        # CPU: compare has no --device yet, and it reads the trained heads' weights on the CPU
+        config = TrainConfig(epochs=args.epochs, seed=seed, device="cpu")
+        for name in losses:
+            measured, scores, head = score_loss(name, split, config, progress,
+                                                desc=f"{name} seed {seed}")
+            per_seed[name].append({"seed": seed, **measured})
+            if seed == seeds[0]:
+                margin = margin_of(head)
+                curves[name if margin is None else curve_label(name, margin)] = margin
+                trials[name] = (scores, split.trials[2])
+        if seed == seeds[0]:
+            first = split
 
-    # CPU: compare has no --device yet, and it reads the trained heads' weights on the CPU
-    config = TrainConfig(epochs=args.epochs, seed=args.seed, device="cpu")
-    config_2d = replace(config, embedding_dim=2, epochs=args.epochs_2d, batch_size=64)
-    x_2d, y_2d = data_2d(args.dataset, x_train, y_train, args.seed)
+    config_2d = TrainConfig(epochs=args.epochs_2d, batch_size=64, embedding_dim=2,
+                            seed=seeds[0], device="cpu")
+    x_2d, y_2d = data_2d(args.dataset, first.x_train, first.y_train, seeds[0])
     classes_2d = int(y_2d.max()) + 1
-
-    results: dict = {"losses": {}}
-    circle, curves, trials = {}, {}, {}
+    circle = {}
     for name in losses:
-        model, head, trained = train_one(name, x_train, y_train, num_classes, config, progress,
-                                         desc=name)
-        with torch.no_grad():
-            logits = head.logits(torch.as_tensor(embed(model, x_test)))  # (N_test, C)
-        scores = scoring.pair_cosines(embed(model, split.held_out_features), ti, tj)  # (T,)
-        results["losses"][name] = {
-            "accuracy": metrics.accuracy(logits, y_test)[0],
-            **scoring.summary(scores, target, p_targets=(0.01, 0.05), fars=(1e-3,)),
-            "train_seconds": trained.seconds,
-            "final_train_loss": trained.epoch_losses[-1],
-        }
-        margin = margin_of(head)
-        curves[name if margin is None else curve_label(name, margin)] = margin
-        trials[name] = (scores, target)
-
         model_2d, head_2d, _ = train_one(name, x_2d, y_2d, classes_2d, config_2d, progress,
-                                         desc=f"{name} 2-D")
+                                         desc=f"{name} 2-D seed {seeds[0]}")
         centres = head_2d.weight.detach().numpy()  # (C*K, 2): K sub-centres per class, or 1
         circle[name] = (embed(model_2d, x_2d), y_2d, centres)
 
-    results["settings"] = {
-        "dataset": args.dataset,
-        "seed": args.seed,
-        "train": asdict(config),
-        "train_2d": asdict(config_2d),
-        "heads": {name: head_parameters(name) for name in losses},
-        "train_identities": num_classes,
-        "held_out_identities": int(np.unique(split.held_out_labels).size),
-        "train_samples": int(y_train.size),
-        "closed_set_test_samples": int(y_test.size),
-        "held_out_samples": int(split.held_out_labels.size),
-        "trials": int(target.size),
-        "target_trials": int(target.sum()),
-        "classes_2d": classes_2d,
-        "samples_2d": int(y_2d.size),
-        "threads": args.threads,
-        "margin_softmax": __version__,
-        "torch": torch.__version__,
+    baseline = "softmax" if "softmax" in losses else losses[0]
+    target = first.trials[2]
+    results: dict = {
+        "losses": {name: seed_spread.summarise(runs) for name, runs in per_seed.items()},
+        "differences": {
+            "baseline": baseline,
+            "test": "two-sided paired t-test over the seeds at 5%",
+            "losses": seed_spread.differences(per_seed, baseline, report.COMPARED),
+        },
+        "settings": {
+            "dataset": args.dataset,
+            "seeds": seeds,
+            "figure_seed": seeds[0],
+            "train": {k: v for k, v in asdict(config).items() if k != "seed"},
+            "train_2d": asdict(config_2d),
+            "heads": {name: head_parameters(name) for name in losses},
+            # the sizes of the first seed's split (every seed's, for synthetic data)
+            "train_identities": first.num_classes,
+            "held_out_identities": int(np.unique(first.held_out_labels).size),
+            "train_samples": int(first.y_train.size),
+            "closed_set_test_samples": int(first.y_test.size),
+            "held_out_samples": int(first.held_out_labels.size),
+            "trials": int(target.size),
+            "target_trials": int(target.sum()),
+            "classes_2d": classes_2d,
+            "samples_2d": int(y_2d.size),
+            "threads": args.threads,
+            "margin_softmax": __version__,
+            "torch": torch.__version__,
+        },
     }
     if args.dataset == "synthetic":
         results["settings"].update(
@@ -214,9 +291,12 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
         report.write_html(out / "report.html", results, [(a, c, out / f) for f, a, c in figures])
 
-    print(report.format_table(results))
+    table = report.format_table(results)
+    print(table)
+    print(textwrap.fill(report.table_note(results), max(map(len, table.splitlines()))))
     seconds = time.perf_counter() - start
     count = f"{len(losses)} loss" + ("es" if len(losses) != 1 else "")
+    count += f" × {len(seeds)} seed" + ("s" if len(seeds) != 1 else "")
     print(f"\n{count} in {seconds:.0f} s; wrote {out}/: results.json, report.html, "
           + ", ".join(f for f, _, _ in figures))
     return 0
