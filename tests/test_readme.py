@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from margin_softmax import report
 from margin_softmax.cli.main import main
+from margin_softmax.registry import DEFAULT_LOSSES
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -61,3 +63,23 @@ def test_readme_commands_run_in_order_as_written(tmp_path, monkeypatch, capsys):
     assert f"EER             {100 * scored['eer']:.2f}%" in outputs[-2]
     assert "AS-norm (top 300 of 350 in runs/demo/train_emb.npz)" in outputs[-2]
     assert scored["trials"] == len(trials) and scored["eer"] < 0.1
+
+
+def results_table(text: str) -> list[str]:
+    """The lines of the first code block that starts with the compare table's header."""
+    block = re.search(r"```\n(loss .*?)```", text, re.S)
+    assert block, "no compare table"
+    return block.group(1).splitlines()
+
+
+def test_readme_table_is_mean_and_std_over_seeds_as_in_docs():
+    lines = results_table(README.read_text())
+    header, _ = report.table_rows({"losses": {}})
+    assert re.split(r"  +", lines[0].strip()) == header
+    rows = lines[2:2 + len(DEFAULT_LOSSES)]
+    assert [row.split()[0] for row in rows] == list(DEFAULT_LOSSES)
+    assert all(row.count(" ± ") == len(header) - 1 for row in rows)
+    assert " ".join(lines[2 + len(DEFAULT_LOSSES):]).startswith(
+        "Mean ± sample standard deviation (ddof=1) over 3 seeds (0, 1, 2).")
+    cli = results_table((README.parent / "docs" / "cli.md").read_text())
+    assert cli[:len(lines)] == lines  # one run, quoted in both places
