@@ -75,6 +75,7 @@ def test_each_metric_is_the_mean_and_sample_std_of_its_seeds(first):
         assert len({run["eer"] for run in m["per_seed"]}) > 1 or m["eer"] in (0.0, 1.0)
     differences = results["differences"]
     assert differences["baseline"] == "softmax"
+    assert differences["test"] == "two-sided paired t-test over the seeds at 5%"
     assert list(differences["losses"]) == list(DEFAULT_LOSSES[1:])
     arcface, softmax = results["losses"]["arcface"], results["losses"]["softmax"]
     d = [a["eer"] - b["eer"] for a, b in zip(arcface["per_seed"], softmax["per_seed"],

@@ -43,8 +43,9 @@ def number(key: str, value: float, std: float | None = None, signed: bool = Fals
 
 
 def _marked(results: dict, name: str, key: str) -> str:
-    differences = results.get("differences", {}).get("losses", {})
-    return MARK if differences.get(name, {}).get(key, {}).get("marked") else ""
+    """MARK where loss ``name`` differs from the baseline in ``key`` beyond the spread."""
+    differences = results["differences"]["losses"].get(name, {})  # none for the baseline
+    return MARK if differences.get(key, {}).get("marked") else ""  # none for train_seconds
 
 
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -52,7 +53,7 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     the loss differs from the baseline by more than the seed-to-seed spread."""
     header = ["loss", *(title for _, title, *_ in COLUMNS)]
     rows = [
-        [name, *(number(key, m[key], m.get("std", {}).get(key)) + _marked(results, name, key)
+        [name, *(number(key, m[key], m["std"][key]) + _marked(results, name, key)
                  for key in FORMATS)]
         for name, m in results["losses"].items()
     ]
@@ -62,7 +63,7 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 def difference_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """The header and one row per loss but the baseline: the mean ± std over the seeds of
     (loss - baseline) in each COMPARED column, MARK where it exceeds the spread."""
-    titles = dict((key, title) for key, title, *_ in COLUMNS)
+    titles = {key: title for key, title, *_ in COLUMNS}
     header = ["loss", *(f"Δ {titles[key]}" for key in COMPARED)]
     rows = [
         [name, *(number(key, d[key]["mean"], d[key]["std"], signed=True)
@@ -91,7 +92,7 @@ def table_note(results: dict) -> str:
         return f"One seed ({seeds}): no spread, nothing marked. {figures}"
     return (f"Mean ± sample standard deviation (ddof=1) over {len(settings['seeds'])} seeds "
             f"({seeds}). {MARK} differs from {results['differences']['baseline']} by more than "
-            "the seed-to-seed spread (two-sided paired t-test over the seeds at 5%). " + figures)
+            f"the seed-to-seed spread ({results['differences']['test']}). " + figures)
 
 
 def format_table(results: dict) -> str:

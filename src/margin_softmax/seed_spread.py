@@ -22,6 +22,7 @@ import numpy as np
 from scipy.stats import t as student_t
 
 LEVEL = 0.05  # two-sided
+RULE = "two-sided paired t-test over the seeds at 5%"  # as results.json and the report say
 
 
 def mean_and_std(values: Sequence[float]) -> tuple[float, float | None]:

@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         "losses": {name: seed_spread.summarise(runs) for name, runs in per_seed.items()},
         "differences": {
             "baseline": baseline,
-            "test": "two-sided paired t-test over the seeds at 5%",
+            "test": seed_spread.RULE,
             "losses": seed_spread.differences(per_seed, baseline, report.COMPARED),
         },
         "settings": {
