@@ -1,6 +1,7 @@
 """The functional core (functional.py) on hand cases with closed-form losses, the paths that
 impl picks, and the exact message of each bad argument."""
 
+import importlib.util
 import math
 import re
 
@@ -17,6 +18,11 @@ Y = torch.tensor([0, 1])
 R = 1 / math.sqrt(2)
 
 
+IMPLS = ["eager", "chunked", pytest.param("triton", marks=pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="needs triton"))]
+TOLERANCE = {"eager": 1e-12, "chunked": 1e-12, "triton": 1e-5}  # the kernels sum in float32
+
+
 def exactly(message: str) -> str:
     return "^" + re.escape(message) + "$"
 
@@ -30,21 +36,22 @@ def by_hand(s: float, psi0: float, psi1: float) -> list[float]:
     return [softplus(s * 0 - s * psi0), softplus(s * R - s * psi1)]
 
 
-@pytest.mark.parametrize("impl", ["eager", "chunked"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_margin_cross_entropy_by_hand(impl):
     s, m2, m3 = 4.0, 0.25, 0.125
     loss = F.margin_cross_entropy(X, W, Y, scale=s, m2=m2, m3=m3, reduction="none", impl=impl)
     want = by_hand(s, math.cos(m2) - m3, math.cos(math.pi / 4 + m2) - m3)
-    assert loss.tolist() == pytest.approx(want, rel=1e-12)
+    rel = TOLERANCE[impl]
+    assert loss.tolist() == pytest.approx(want, rel=rel)
     assert loss.dtype == torch.float64
     mean = F.margin_cross_entropy(X, W, Y, scale=s, m2=m2, m3=m3, impl=impl)
     total = F.margin_cross_entropy(X, W, Y, scale=s, m2=m2, m3=m3, reduction="sum", impl=impl)
-    assert (mean.item(), total.item()) == pytest.approx((sum(want) / 2, sum(want)), rel=1e-12)
+    assert (mean.item(), total.item()) == pytest.approx((sum(want) / 2, sum(want)), rel=rel)
     norm = F.margin_cross_entropy(X, W, Y, scale=s, reduction="none", impl=impl)  # NormFace
-    assert norm.tolist() == pytest.approx(by_hand(s, 1.0, R), rel=1e-12)
+    assert norm.tolist() == pytest.approx(by_hand(s, 1.0, R), rel=rel)
 
 
-@pytest.mark.parametrize("impl", ["eager", "chunked"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_margin_object_blend_and_scale_by_norm(impl):
     margin = Margin(m1=2.0, fallback="piecewise", blend=1.0)
     loss = F.margin_cross_entropy(X, W, Y, scale=2.0, margin=margin, scale_by_norm=True,
@@ -52,17 +59,17 @@ def test_margin_object_blend_and_scale_by_norm(impl):
     r = [2.0 * 2.0, 2.0 * math.sqrt(2)]  # s |x_i|
     psi1 = (R + math.cos(2 * math.pi / 4)) / 2  # (blend cos + cos(2 theta)) / (1 + blend)
     want = [softplus(-r[0] * 1.0), softplus(r[1] * R - r[1] * psi1)]
-    assert loss.tolist() == pytest.approx(want, rel=1e-12)
+    assert loss.tolist() == pytest.approx(want, rel=TOLERANCE[impl])
 
 
-@pytest.mark.parametrize("impl", ["eager", "chunked"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_target_cross_entropy_by_hand(impl):
     target = torch.tensor([1.0, -2.0], dtype=torch.float64)
     loss = F.target_cross_entropy(X, W, Y, target, scale=3.0, reduction="none", impl=impl)
     want = [softplus(3.0 * 0 - 1.0), softplus(3.0 * R + 2.0)]
-    assert loss.tolist() == pytest.approx(want, rel=1e-12)
+    assert loss.tolist() == pytest.approx(want, rel=TOLERANCE[impl])
     mean = F.target_cross_entropy(X, W, Y, target, scale=3.0, impl=impl)
-    assert mean.item() == pytest.approx(sum(want) / 2, rel=1e-12)
+    assert mean.item() == pytest.approx(sum(want) / 2, rel=TOLERANCE[impl])
 
 
 @pytest.mark.parametrize("impl", ["eager", "chunked"])
@@ -201,3 +208,29 @@ def test_autocast_returns_float32():
         loss = F.margin_cross_entropy(X.float(), W.float(), Y, scale=2.0, m3=0.5)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(sum(by_hand(2.0, 0.5, R - 0.5)) / 2, rel=2e-2)
+
+
+def test_impl_chunked_runs_the_chunked_path_and_eager_does_not(monkeypatch):
+    import margin_softmax.chunked as chunked
+
+    ran = []
+
+    def spy(name: str):
+        real = getattr(chunked, name)
+
+        def run(*args):
+            ran.append(name)
+            return real(*args)
+
+        monkeypatch.setattr(chunked, name, run)
+
+    for name in ("chunked_margin_cross_entropy", "chunked_target_cross_entropy",
+                 "chunked_softmax_cross_entropy"):
+        spy(name)
+    target = torch.zeros(2, dtype=torch.float64)
+    for impl in ("eager", "chunked"):
+        F.margin_cross_entropy(X, W, Y, scale=2.0, m3=0.5, impl=impl)
+        F.target_cross_entropy(X, W, Y, target, scale=2.0, impl=impl)
+        F.softmax_cross_entropy(X, W, Y, impl=impl)
+    assert ran == ["chunked_margin_cross_entropy", "chunked_target_cross_entropy",
+                   "chunked_softmax_cross_entropy"]
