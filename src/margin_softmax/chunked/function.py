@@ -86,7 +86,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 wide = compute_dtype(weight.dtype) != weight.dtype  # a float32 (C, D) for A
                 widths = plan.plan_blocks(n, c, 4 * c * weight.shape[1] if wide else 0)
             tile_bytes = plan.tile_bytes(widths is not None, embeddings.device.type)
-            tile = plan.tile_classes(n if widths is None else widths[0], tile_bytes)
+            tile = plan.tile_classes(n if widths is None else widths[0], tile_bytes, c)
             classes = ClassTiles(weight, tile, x_norm is not None, bias)
             ctx.state = None
             if widths is not None:  # the gradients now, in compute dtype until backward

@@ -10,7 +10,8 @@ KEEP_BYTES = 32 << 20  # the most the kept (C, rows) float32 store may take
 MIN_KEEP_ROWS = 64  # narrower blocks re-read the weight too often: two sweeps win
 ROW_ALIGN = 16  # CPU GEMMs slow down by up to 2x for widths that are not a multiple of 16
 TILE_BYTES = 4 << 20  # a (classes, N) float32 tile in two sweeps (and the shard primitives)
-FUSED_TILE_BYTES = 3 << 19  # a (classes, rows) tile of the kept store
+FUSED_TILE_BYTES = 8 << 20  # a (classes, rows) tile of the kept store: a view, no memory;
+# few tiles, few parallel regions per step (sweeps.py): ~4 tiles a sweep at R = 80, C = 100k
 MIN_TILE_CLASSES = 64
 GPU_TILE_FACTOR = 16  # GPUs want fewer, larger tiles (each op is a kernel launch); not tuned
 
@@ -21,9 +22,14 @@ def tile_bytes(fused: bool, device_type: str) -> int:
     return size if device_type == "cpu" else size * GPU_TILE_FACTOR
 
 
-def tile_classes(n_rows: int, tile_bytes: int | None = None) -> int:
-    """Classes per tile so that a (classes, n_rows) float32 tile takes about tile_bytes."""
-    return max(MIN_TILE_CLASSES, (tile_bytes or TILE_BYTES) // (4 * max(n_rows, 1)))
+def tile_classes(n_rows: int, tile_bytes: int | None = None, num_classes: int = 0) -> int:
+    """Classes per tile so that a (classes, n_rows) float32 tile takes about tile_bytes; with
+    num_classes, as many tiles but of even sizes (a short last tile costs as many parallel
+    regions as a full one)."""
+    most = max(MIN_TILE_CLASSES, (tile_bytes or TILE_BYTES) // (4 * max(n_rows, 1)))
+    if num_classes <= most:
+        return most
+    return math.ceil(num_classes / math.ceil(num_classes / most))
 
 
 def plan_blocks(n_rows: int, n_classes: int, accumulator_bytes: int = 0) -> list[int] | None:

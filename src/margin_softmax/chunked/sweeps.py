@@ -5,10 +5,17 @@ GEMMs use the raw weight rows w_j; the norms n_j = max(|w_j|, eps) are applied t
 
     logits = w[a:b] @ (r x_hat)^T / n[a:b] - m     GEMM 1; target cells set to -inf
     e      = exp(logits)                           in place; m a shift per row (below)
-    dcos   = e * g r exp(m - lse)                  (= g r p off the target)
-    d_x_hat[rows] += (dcos / n)^T w[a:b]           GEMM 2
-    A[a:b]        += (dcos / n) x_hat[rows]        GEMM 3; A_j = dL/dw_hat_j / n_j
+    dcos   = e * h,  h = g r exp(m - lse)          (= g r p off the target; h per row)
+    A[a:b]        += (e / n) (h x_hat[rows])       GEMM 3; A_j = dL/dw_hat_j / n_j
+    d_x_hat[rows] += h (e / n)^T w[a:b]            GEMM 2; h applied once per block
     dL/dw_j = A_j - w_hat_j <w_hat_j, A_j>         (the normalisation, once per tile at the end)
+
+Each op on a (T, R) tile is one parallel region of the intra-op threads, and each region ends
+with every thread waiting for the slowest: on a machine shared with other processes a thread
+that is not running costs one scheduler time slice per region. So the tiles are large and a
+tile gets few passes: h goes into GEMM 3's (R, D) operand and GEMM 2's (R, D) result instead
+of a pass over the tile, and the target cells' rows go into A by index_put_ (index_add_
+opens several regions for a handful of rows).
 
 The target cell stays out of the streamed sums: its logit joins the lse by logaddexp (exact
 when p_target ~ 1, where subtracting it back out would cancel), and its gradient
@@ -23,10 +30,12 @@ before the gradient GEMMs (in the fused schedule the store keeps e f').
 
 The shift m: logits are r_i * cos_ij <= r_i, so for r_i <= SHIFT_MAX_SCALE the fixed
 m_i = r_i - SHIFT keeps logit - m in [SHIFT - 2 r_i, SHIFT]: exp neither overflows (nor does
-a sum of 2^32 terms) nor leaves float32's normal range, and the tile needs no max pass; the
-shift fuses into the norm pass. Larger r_i (SphereFace's r = s |x|) and plain softmax (no
-bound) use the tile's max. The gradient pass multiplies e by exp(m - lse) first, so the
-GEMMs only see values of dcos's size.
+a sum of 2^32 terms, nor GEMM 2's sums of e times unit rows) nor leaves float32's normal
+range, and the tile needs no max pass; the shift fuses into the norm pass. Larger r_i
+(SphereFace's r = s |x|) and plain softmax (no bound) use the tile's max m_t: the gradient
+pass then first multiplies each tile by exp(m_t - M), M the largest m_t of the row, and h
+uses M. Half inputs multiply the float32 tile by h before casting it for the GEMMs (one
+rounding, as the eager path has) and use x_hat itself in GEMM 3.
 
 Two schedules:
 - ``lse_sweep`` then ``gradient_sweep`` (the shard primitives; any C): 4 GEMMs, memory one
@@ -144,19 +153,59 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, accumulate: bool = 
         out.copy_(a.to(b.dtype) @ b)
 
 
-def _tile_gradients(classes, rows, block, a, b, tile, factor, grads, targets, dest, first):
-    """From e = p / factor in tile (T, R), factor (R,) = g r exp(m - lse) per row of the
-    batch: dcos = e * factor, then GEMMs 2 and 3, d_x[block] += dcos^T w_hat and A[a:b] (+)=
-    (dcos / n) x into dest (T, D) in compute dtype, and the target cells' rows (targets:
-    (TargetCells, (M, D) values)). first: dest not yet written."""
-    tile.mul_(factor)  # (T, R) dcos, 0 at the target cells
-    if grads.d_bias is not None:  # plain softmax: dL/db_j = sum_i g_i p_ij
-        grads.d_bias[a:b] += tile.sum(1)
+@dataclass
+class DueBlock:
+    """A block of rows whose exp values are known and whose gradients are due (see the module
+    doc): block (a slice of the rows); tile_factor (tiles, R) or None, multiplied into each
+    tile first; operand (R, D), GEMM 3's right factor (h x_hat, or x_hat); row_factor (R,)
+    or None, h for GEMM 2's result; targets (TargetCells, their A rows (M, D) in cell order
+    or None); target_dx (R, D) or None, the target cells' share of d_x."""
+
+    block: slice
+    tile_factor: torch.Tensor | None
+    operand: torch.Tensor
+    row_factor: torch.Tensor | None
+    targets: tuple
+    target_dx: torch.Tensor | None
+
+
+def _due_block(classes, rows, block, h, tile_factor, lse, coef, target_dpsi, grads, cells,
+               gap=None):
+    """The DueBlock of a block of R rows: h (R,) and tile_factor (tiles, R) or None as in the
+    module doc, lse (R,) the full log-sum-exp, coef (R,) = g r."""
+    if classes.mm != classes.acc:  # half: dcos in float32, then one cast
+        tile_factor = h.expand(classes.num_tiles, -1) if tile_factor is None else tile_factor * h
+        h = None
+    x = rows.x[block]
+    operand = x if h is None else h[:, None] * x
+    target_dx, values = _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads,
+                                           cells, gap)
+    return DueBlock(block, tile_factor, operand, h, (cells, values), target_dx)
+
+
+def _tile_gradients(classes, due, ti, a, b, tile, grads, dest, first):
+    """The gradients of due's rows from tile ti of classes [a, b): tile (T, R) holds e (or
+    e f'), 0 at the target cells, and is consumed; dest (T, D) in compute dtype gets A[a:b]
+    (first: not yet written), grads.d_x[due.block] the GEMM 2 before h (_finish_rows)."""
+    if due.tile_factor is not None:
+        tile.mul_(due.tile_factor[ti])
+    if grads.d_bias is not None:  # plain softmax: dL/db_j = sum_i dcos_ij
+        grads.d_bias[a:b] += tile.sum(1) if due.row_factor is None else tile @ due.row_factor
     tile = classes.divide_by_norm(tile, a, b).to(classes.mm)  # one cast for both GEMMs
-    _mm(tile.t(), classes.weights(a, b), grads.d_x[block])
-    _mm(tile, rows.x[block], dest, accumulate=not first)
-    if targets[1] is not None:
-        targets[0].add_rows(dest, a, targets[1])
+    _mm(tile, due.operand, dest, accumulate=not first)  # GEMM 3
+    cells, values = due.targets
+    if values is not None:
+        cells.add_rows(dest, a, values)
+    _mm(tile.t(), classes.weights(a, b), grads.d_x[due.block])  # GEMM 2
+
+
+def _finish_rows(due, grads) -> None:
+    """d_x[block] after its last tile: times h, plus the target cells' share."""
+    d_x = grads.d_x[due.block]
+    if due.row_factor is not None:
+        d_x.mul_(due.row_factor[:, None])
+    if due.target_dx is not None:
+        d_x += due.target_dx
 
 
 def p_target_minus_1(target_logit, lse, gap=None) -> torch.Tensor:
@@ -166,12 +215,13 @@ def p_target_minus_1(target_logit, lse, gap=None) -> torch.Tensor:
 
 
 def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads, cells, gap=None):
-    """The target cells' share, dcos_t = g r (p_t - 1) psi' (R,): added to d_x (and d_bias,
-    dot) now; returns its d_weight rows (M, D) in cell order, A_t += dcos_t / n_t * x.
-    None when target_dpsi is None: a target logit given as a tensor gets its gradient
-    through the caller's autograd, and no term here (nor in dot: it does not depend on r)."""
+    """The target cells' share, dcos_t = g r (p_t - 1) psi' (R,): the d_bias and dot terms
+    added now; returns its d_x rows dcos_t w_hat_t (R, D) and its A rows dcos_t / n_t x_i
+    (M, D) in cell order. (None, None) when target_dpsi is None: a target logit given as a tensor
+    gets its gradient through the caller's autograd, and no term here (nor in dot: it does
+    not depend on r)."""
     if target_dpsi is None:
-        return None
+        return None, None
     owned = rows.target[block] >= 0
     t = rows.target[block].clamp_min(0)  # (R,); rows owned elsewhere add zeros
     p_minus_1 = p_target_minus_1(rows.target_logit[block], lse, gap)  # (R,)
@@ -179,13 +229,12 @@ def _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads, cells
     if grads.dot is not None:  # the target's (p_t - 1) * target_logit
         grads.dot[block] += torch.where(owned, p_minus_1 * rows.target_logit[block], 0.0)
     if classes.num_classes == 0:
-        return None
-    centre, inv_norm = classes.centres(t)  # (R, D) w_hat_t, (R,)
-    grads.d_x[block] += dcos[:, None] * centre
+        return None, None
     if grads.d_bias is not None:
-        grads.d_bias.index_add_(0, t, dcos)
-    x = rows.x[block].to(dcos.dtype)[cells.rows]  # (M, D)
-    return (dcos * inv_norm)[cells.rows, None] * x
+        grads.d_bias.index_put_((t,), dcos, accumulate=True)
+    centre, inv_norm = classes.centres(t)  # (R, D) w_hat_t, (R,)
+    x = rows.x[block].to(dcos.dtype).index_select(0, cells.rows)  # (M, D)
+    return dcos[:, None] * centre, (dcos * inv_norm)[cells.rows, None] * x
 
 
 def _tile_view(store: torch.Tensor, width: int, a: int, b: int) -> torch.Tensor:
@@ -217,29 +266,33 @@ def gradient_sweep(classes, rows, lse, row_grad, target_dpsi, need_dot=False, ga
     cells = TargetCells(rows.target, classes.num_classes, classes.tile)
     coef = row_grad * rows.row_scale  # (N,) dloss/dlogit -> dloss/dcos
     grads = _new_gradients(rows, classes, need_dot, classes.weight.dtype)
-    values = _target_gradients(classes, rows, everything, lse, coef, target_dpsi, grads, cells,
-                               gap)
+    # the tiles hold p = exp(logit - lse): the shift is lse, and h = coef
+    due = _due_block(classes, rows, everything, coef, None, lse, coef, target_dpsi, grads, cells,
+                     gap)
     work = torch.empty(classes.tile * n, dtype=classes.acc, device=rows.x.device)
     a_work = None  # half inputs: each tile's A in compute dtype, then cast into d_weight
     if grads.d_weight.dtype != classes.acc:
         widest = min(classes.tile, classes.num_classes)
         a_work = torch.empty(widest, rows.x.shape[1], dtype=classes.acc, device=work.device)
-    for a, b in classes.ranges():
-        tile = classes.logits(rows.scaled.t(), a, b, work[: (b - a) * n].view(b - a, n))
+    plain = rows.non_target is None  # else the transform needs the logits as they are
+    for ti, (a, b) in enumerate(classes.ranges()):
+        out = work[: (b - a) * n].view(b - a, n)
+        tile = classes.logits(rows.scaled.t(), a, b, out, minus=lse if plain else None)
         slope = _bend(rows, everything, tile)
+        if not plain:
+            tile.sub_(lse)
         cells.fill(tile, a, -float("inf"))
-        tile.sub_(lse).exp_()  # p, 0 at the target cells
+        tile.exp_()  # p, 0 at the target cells
         if need_dot:
             grads.dot += _entropy_term(tile, lse, tile.sum(0))
         if slope is not None:
             tile.mul_(slope)  # p f'
         dest = grads.d_weight[a:b] if a_work is None else a_work[: b - a]  # (T, D)
-        _tile_gradients(
-            classes, rows, everything, a, b, tile, coef, grads, (cells, values), dest, True
-        )
+        _tile_gradients(classes, due, ti, a, b, tile, grads, dest, first=True)
         classes.finish(dest, a, b)
         if a_work is not None:
             grads.d_weight[a:b] = dest
+    _finish_rows(due, grads)
     return grads
 
 
@@ -256,7 +309,7 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
     lse, gap = (torch.empty(n, dtype=classes.acc, device=device) for _ in range(2))
     grads = _new_gradients(rows, classes, need_dot, classes.acc)  # A over blocks of rows
     shift = fixed_shift(classes, rows)
-    due = None  # (block, factor (tiles, R), targets): the block whose gradients are due
+    due = None  # DueBlock: the block whose gradients this sweep computes
     for k in range(len(blocks) + 1):
         block = blocks[k] if k < len(blocks) else None
         if block is not None:
@@ -265,10 +318,9 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
             stats = []  # per tile: (m, sum[, entropy term]), each (R,)
         for ti, (a, b) in enumerate(classes.ranges()):
             if due is not None:
-                due_block, factor, targets = due
-                tile = _tile_view(store, due_block.stop - due_block.start, a, b)
-                _tile_gradients(classes, rows, due_block, a, b, tile, factor[ti], grads,
-                                targets, grads.d_weight[a:b], first=k == 1)
+                tile = _tile_view(store, due.block.stop - due.block.start, a, b)
+                _tile_gradients(classes, due, ti, a, b, tile, grads, grads.d_weight[a:b],
+                                first=k == 1)
                 if block is None:  # the last sweep: A is complete for this tile
                     classes.finish(grads.d_weight[a:b], a, b)
             if block is not None:
@@ -280,17 +332,22 @@ def fused_sweeps(classes, rows, row_grad, target_dpsi, widths, need_dot=False):
                 stats.append((m, total, _entropy_term(tile, m, total)) if need_dot else (m, total))
                 if slope is not None:
                     tile.mul_(slope)  # the store keeps e f', what the gradient pass needs
+        if due is not None:
+            _finish_rows(due, grads)
         if block is None:
             break
         m, total = (torch.stack(s) for s in list(zip(*stats, strict=True))[:2])  # (tiles, R)
-        other, target = (m + total.log()).logsumexp(0), rows.owned_logit(block)  # (R,) each
+        top = m.amax(0)  # (R,) M, the largest shift of each row: h is taken at it
+        same = shift is not None or m.shape[0] == 1  # one shift for every tile
+        tile_factor = None if same else torch.exp(m - top)  # (tiles, R)
+        weighted = total if tile_factor is None else total * tile_factor
+        other, target = top + weighted.sum(0).log(), rows.owned_logit(block)  # (R,) each
         lse[block], gap[block] = torch.logaddexp(other, target), other - target
         coef = row_grad[block] * rows.row_scale[block]  # (R,)
-        scale = torch.exp(m - lse[block])  # (tiles, R): e -> p
         if need_dot:
+            scale = torch.exp(m - lse[block])  # (tiles, R): e -> p
             grads.dot[block] = (scale * torch.stack([s[2] for s in stats])).sum(0)
-        values = _target_gradients(
-            classes, rows, block, lse[block], coef, target_dpsi, grads, cells, gap[block]
-        )
-        due = (block, coef * scale, (cells, values))
+        h = coef * torch.exp(top - lse[block])
+        due = _due_block(classes, rows, block, h, tile_factor, lse[block], coef, target_dpsi,
+                         grads, cells, gap[block])
     return gap, grads

@@ -38,7 +38,8 @@ class TargetCells:
 
     def add_rows(self, grad: torch.Tensor, start: int, values: torch.Tensor) -> None:
         """grad (T, D), the tile's classes: add values (M, D), given in cell order, to the
-        rows of the target classes in this tile."""
+        rows of the target classes in this tile (index_put_: one thread, where index_add_
+        opens several parallel regions for a handful of rows)."""
         lo, hi = self._span(start)
         if hi > lo:
-            grad.index_add_(0, self.classes[lo:hi] - start, values[lo:hi])
+            grad.index_put_((self.classes[lo:hi] - start,), values[lo:hi], accumulate=True)

@@ -8,9 +8,13 @@ plain softmax: no norms, and an optional bias.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..functional import NORM_EPS, compute_dtype
+
+FINISH_BYTES = 4 << 20  # half weights: the float32 copy of weight rows that finish makes
 
 
 def matmul_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -36,7 +40,7 @@ class ClassTiles:
         self.num_classes = weight.shape[0]
         self.acc, self.mm = compute_dtype(weight.dtype), mm or matmul_dtype(weight.dtype)
         self.bias = None if bias is None else bias.to(self.acc)
-        self.norm = self.inv_norm = self._work = None
+        self.norm = self.inv_norm = None
         if normalized:
             # tile by tile into one buffer: a cast of all of W (vector_norm's dtype= does one)
             # would take C x D x 4 bytes for half weights, and per-tile results allocated
@@ -45,6 +49,11 @@ class ClassTiles:
             for a, b in self.ranges():
                 torch.linalg.vector_norm(weight[a:b].to(self.acc), dim=1, out=self.norm[a:b])
             self.inv_norm = 1 / self.norm.clamp_min(NORM_EPS)  # (C,)
+
+    @property
+    def num_tiles(self) -> int:
+        """How many tiles ranges() gives."""
+        return math.ceil(self.num_classes / self.tile)
 
     def ranges(self):
         """(a, b) of every tile."""
@@ -57,7 +66,7 @@ class ClassTiles:
 
     def logits(self, rows_t, a: int, b: int, out: torch.Tensor, minus=None) -> torch.Tensor:
         """out (T, R) <- w[a:b] @ rows_t / n[a:b] (+ bias) (- minus) in compute dtype;
-        rows_t (D, R), minus (R,) or None (normalised only: fused into the norm pass)."""
+        rows_t (D, R), minus (R,) or None (normalised: fused into the norm pass)."""
         w = self.weights(a, b)
         if out.dtype == w.dtype:
             torch.mm(w, rows_t, out=out)
@@ -70,6 +79,8 @@ class ClassTiles:
                 torch.addcmul(-minus[None, :], out, self.inv_norm[a:b, None], out=out)
         if self.bias is not None:
             out.add_(self.bias[a:b, None])
+        if minus is not None and self.inv_norm is None:
+            out.sub_(minus)
         return out
 
     def divide_by_norm(self, tile: torch.Tensor, a: int, b: int) -> torch.Tensor:
@@ -78,7 +89,7 @@ class ClassTiles:
 
     def centres(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(w_hat[index] (M, D), 1 / n[index] (M,)) in compute dtype (plain: w, ones)."""
-        w = self.weight[index].to(self.acc)
+        w = self.weight.index_select(0, index).to(self.acc)  # [index] opens a parallel region
         if self.inv_norm is None:
             return w, torch.ones_like(w[:, 0])
         inv = self.inv_norm[index]
@@ -86,13 +97,17 @@ class ClassTiles:
 
     def finish(self, grad: torch.Tensor, a: int, b: int) -> None:
         """grad (T, D) in place: A_j = dL/dw_hat_j / n_j  ->  dL/dw_j = A_j - w_hat_j <w_hat_j,
-        A_j> (the radial part only where |w_j| > eps, as F.normalize's clamp has it)."""
+        A_j> (the radial part only where |w_j| > eps, as F.normalize's clamp has it). Half
+        weights: in pieces of FINISH_BYTES, each cast to the gradient's dtype."""
         if self.inv_norm is None:
             return
-        w = self.weight[a:b]
-        if self._work is None or self._work.shape[0] < w.shape[0]:
-            self._work = torch.empty_like(w, dtype=self.acc)  # the first tile is the widest
-        work = self._work[: w.shape[0]]  # reused: no fresh (T, D) pages per tile
-        inv = self.inv_norm[a:b] * (self.norm[a:b] > NORM_EPS)  # (T,)
-        radial = torch.mul(w, grad, out=work).sum(1) * inv * inv  # (T,) <w_hat, A> / n
-        grad.addcmul_(w, radial[:, None], value=-1)
+        if self.weight.dtype == grad.dtype:
+            piece = max(1, b - a)
+        else:
+            piece = max(1, FINISH_BYTES // (4 * max(1, grad.shape[1])))
+        for start in range(a, b, piece):
+            stop = min(start + piece, b)
+            w, g = self.weight[start:stop].to(grad.dtype), grad[start - a : stop - a]  # (P, D)
+            inv = self.inv_norm[start:stop] * (self.norm[start:stop] > NORM_EPS)  # (P,)
+            dot = torch.bmm(g[:, None, :], w[:, :, None]).view(-1)  # <w, A> (P,), no (P, D)
+            g.addcmul_(w, (dot * inv * inv)[:, None], value=-1)  # <w_hat, A> w_hat
