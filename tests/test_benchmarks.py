@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SH = ROOT / "benchmarks" / "gpu.sh"
 
@@ -107,3 +110,55 @@ def test_weak_scaling_keeps_the_classes_per_rank_fixed(monkeypatch):
         assert row["weight_and_data_mib_per_rank"] * 2**20 / 4 == held
         assert row["step_ms"] > 0 and row["classes"] == world * per_rank
     assert found[("AdaFacePartialFC x1", 1)]["step_vs_W1"] == 1.0
+
+
+def test_under_load_ratio_is_the_chunked_slowdown_over_the_floors():
+    """benchmarks.under_load: medians per phase and variant, slowdown = loaded / quiet, and
+    the ratio issue 13 bounds by 1.5: slowdown(chunked) / slowdown(floor)."""
+    from benchmarks import under_load
+
+    quiet = [(1.0, 1.3), (1.2, 1.2), (0.9, 1.4)]  # (floor s, chunked s): medians 1.0, 1.3
+    loaded = [(2.5, 3.9), (2.0, 5.0), (1.5, 3.0)]  # medians 2.0, 3.9
+    summary = under_load.summarize(quiet, loaded)
+    assert summary["medians"]["quiet", "auto"] == 1.3
+    assert summary["slowdown"] == {"floor": 2.0, "auto": pytest.approx(3.0)}
+    assert summary["ratio"] == pytest.approx(1.5)
+
+
+def test_under_load_prints_both_phases_and_the_ratio_it_computed(capsys):
+    """A tiny run of the command the lead reruns: one row per phase and the ratio as
+    summarize computed it (the timings themselves are not checked)."""
+    from benchmarks import under_load
+
+    summary = under_load.main(["--size", "32x8x2000", "--pairs", "1", "--busy", "2"])
+    out = capsys.readouterr().out
+    number = r" +[\d.]+"
+    assert re.search(rf"^quiet{number * 3}$", out, re.MULTILINE), out
+    assert re.search(rf"^2 busy processes{number * 3}$", out, re.MULTILINE), out
+    assert re.search(rf"^slowdown \(loaded / quiet\){number * 2}$", out, re.MULTILINE), out
+    assert f"slowdown(chunked) / slowdown(floor) = {summary['ratio']:.2f}" in out
+
+
+def test_busy_processes_run_until_the_block_ends():
+    from benchmarks import under_load
+
+    with under_load.busy_processes(2) as spinners:
+        assert len(spinners) == 2 and all(s.poll() is None for s in spinners)
+    assert all(s.poll() is not None for s in spinners)
+
+
+def test_op_counts_count_computing_ops_on_large_tensors():
+    """Large ops (those that may run in parallel): computing on >= GRAIN_SIZE elements; a
+    view or a small op is counted as a call only."""
+    from benchmarks.op_counts import GRAIN_SIZE, count_ops
+
+    big, small = torch.ones(GRAIN_SIZE), torch.ones(8)
+
+    def step():
+        big.mul_(2)
+        small.mul_(2)
+        big.view(2, -1)
+
+    counts = count_ops(step)
+    assert counts.calls == {"mul_": 2, "view": 1}
+    assert counts.large == {"mul_": 1}
