@@ -117,3 +117,24 @@ def test_accuracy_top_k_boundaries():
     scores = [[3, 2, 1], [1, 2, 3]]  # row 0: true class 2 is last; row 1: true class 2 first
     assert metrics.accuracy(scores, [2, 2], topk=(1, 2, 3)) == [0.5, 0.5, 1.0]
     assert metrics.accuracy(scores, np.int32([0, 2]), topk=[np.int64(1)]) == [1.0]
+
+
+class OnDevice:
+    """A stand-in for a GPU tensor: NumPy cannot read it until .cpu() copies it over."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return np.asarray(self.values)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("can't convert a device tensor to numpy; use .cpu() first")
+
+
+def test_tensors_on_a_device_are_copied_to_the_cpu_first():
+    assert metrics.eer(OnDevice([0.9, 0.1]), OnDevice([1, 0])) == 0.0
+    assert metrics.accuracy(OnDevice([[0.2, 0.8]]), OnDevice([1])) == [1.0]
