@@ -30,6 +30,15 @@ def test_seed_fallback_beyond_pi_is_cos_minus_m2_sin_m2_minus_m3(m3):
     assert grad == pytest.approx([1, 1, 1, math.sin(theta + m2) / math.sin(theta)], rel=1e-9)
 
 
+def test_on_the_boundary_t_pi_seed_falls_back_and_the_others_do_not():
+    m2 = 0.5
+    c = math.cos(math.pi - m2)  # the seed's own test: c <= cos(pi - m2)
+    assert psi_and_grad(Margin(m2=m2, fallback="seed"), [c]) == ([c - m2 * math.sin(m2)], [1.0])
+    for fallback in ("continuous", "none", "piecewise"):  # m1 = 2 at c = 0 is t = pi exactly
+        value, grad = psi_and_grad(Margin(m1=2.0, fallback=fallback), [0.0])
+        assert value == [-1.0] and abs(grad[0]) < 1e-15, fallback  # m1 sin(pi) / 1, not slope 1
+
+
 @pytest.mark.parametrize("m1", [1.0, 2.0])
 def test_continuous_fallback_beyond_pi_with_every_margin(m1):
     m2, m3 = 0.5, 0.25
@@ -101,6 +110,7 @@ def test_psi_prime_is_finite_at_the_poles_in_each_dtype():
         ({"m3": 2.0}, ValueError, "m3 (additive cosine margin) must be in [0, 2), got 2.0"),
         ({"m3": -0.5}, ValueError, "m3 (additive cosine margin) must be in [0, 2), got -0.5"),
         ({"m2": "0.5"}, TypeError, "m2 must be a float, got '0.5'"),
+        ({"m3": "0.5"}, TypeError, "m3 must be a float, got '0.5'"),
         ({"straight_through": "False"}, TypeError,
          "straight_through must be a bool, got 'False'"),
         ({"fallback": "Seed"}, ValueError, "fallback must be one of ('none', 'seed', "

@@ -36,6 +36,12 @@ def test_seed_fallback_beyond_pi_is_cos_minus_m2_sin_m2_minus_m3(m3):
     np.testing.assert_allclose(dpsi, [1.0, 1.0, 1.0, inside_slope], rtol=1e-9)
 
 
+def test_on_the_boundary_t_pi_only_the_seed_falls_back():
+    for fallback in ("continuous", "none", "piecewise"):  # m1 = 2 at c = 0 is t = pi exactly
+        psi, dpsi = R.psi_combined(np.array([0.0]), m1=2, fallback=fallback)
+        assert psi.tolist() == [-1.0] and abs(dpsi[0]) < 1e-15, fallback
+
+
 def test_continuous_fallback_beyond_pi_with_every_margin():
     m1, m2, m3 = 2.0, 0.5, 0.25  # theta_t = (pi - m2) / m1
     theta = np.array([2.0, 0.5])  # t = 4.5 > pi, t = 1.5 < pi

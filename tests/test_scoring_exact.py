@@ -50,6 +50,7 @@ def test_the_order_every_line_fits(tmp_path, text, kaldi):
         ("a b target\n1 c d\n", 2, "label must be target, nontarget, 1 or 0; got 'd'"),
         ("1 c d\na b target\n", 2, "label must be target, nontarget, 1 or 0; got 'a'"),
         ("a b c\n1 c d\n", 1, "label must be target, nontarget, 1 or 0; got 'c'"),
+        ("target b c\na b d\n", 2, "label must be target, nontarget, 1 or 0; got 'a'"),
         ("a b target\na b\n", 2, "expected 3 fields 'enroll test target|nontarget', got 2"),
         ("a b target\na b nontarget\n", 2, "trial a b is labelled otherwise on line 1"),
     ],
