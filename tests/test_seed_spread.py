@@ -4,6 +4,7 @@ by hand."""
 import math
 import statistics
 
+import numpy as np
 import pytest
 
 from margin_softmax import seed_spread
@@ -64,3 +65,39 @@ def test_summarise_and_differences_keep_every_seed():
     runs["arcface"][1]["seed"] = 6
     with pytest.raises(ValueError, match=r"arcface's seeds \[4, 6\] are not softmax's \[4, 5\]"):
         seed_spread.differences(runs, "softmax", ["eer"])
+
+
+def test_a_metric_a_seed_could_not_measure_has_no_mean_and_is_not_marked():
+    assert seed_spread.mean_and_std([0.2, None, 0.4]) == (None, None)
+    summary = seed_spread.summarise([{"seed": 0, "cllr": None, "eer": 0.1},
+                                     {"seed": 1, "cllr": None, "eer": 0.3}])
+    assert summary["cllr"] is None and summary["std"]["cllr"] is None
+    assert summary["eer"] == pytest.approx(0.2)
+    assert seed_spread.paired_difference([None, 0.3], [0.1, 0.1]) == {
+        "mean": None, "std": None, "marked": False}
+
+
+def test_pooled_interval_is_the_interval_of_the_mean_replicate_by_replicate():
+    # two seeds, 5 replicates: the means are 0, 1, 2, 3, 4 (in another order than either
+    # seed's); the 2.5 % and 97.5 % quantiles, linear between order statistics, are
+    # 0 + 0.1 * (1 - 0) = 0.1 and 3 + 0.9 * (4 - 3) = 3.9
+    a = np.array([0.0, 1.0, 4.0, 2.0, 8.0])
+    b = np.array([0.0, 1.0, 0.0, 4.0, 0.0])
+    assert seed_spread.pooled_interval([a, b]) == pytest.approx([0.1, 3.9])
+
+
+def test_differences_with_replicates_mark_an_interval_that_excludes_0():
+    runs = {name: [{"seed": 0, "eer": 0.0, "accuracy": 0.0}] for name in ("softmax", "a", "b")}
+    base = np.linspace(0.1, 0.2, 41)  # (R,)
+    replicates = {
+        "softmax": [{"eer": base}],
+        "a": [{"eer": base + np.linspace(0.01, 0.03, 41)}],  # a - softmax in [0.01, 0.03]
+        "b": [{"eer": base + np.linspace(-0.01, 0.03, 41)}],  # crosses 0
+    }
+    diff = seed_spread.differences(runs, "softmax", ["eer", "accuracy"], replicates)
+    # 41 equally spaced values from lo to hi: the 2.5 % quantile lies at lo + 0.025 * (hi - lo)
+    assert diff["a"]["eer"]["ci"] == pytest.approx([0.0105, 0.0295])
+    assert diff["a"]["eer"]["ci_marked"] is True and diff["b"]["eer"]["ci_marked"] is False
+    assert "ci" not in diff["a"]["accuracy"]  # not bootstrapped
+    summary = seed_spread.summarise(runs["a"], replicates["a"])
+    assert summary["ci"]["eer"] == pytest.approx([0.113, 0.227])  # of 0.11 ... 0.23
