@@ -1,14 +1,16 @@
 """``margin-softmax compare``: train the same network with each loss on embedded data and
-compare closed-set accuracy, open-set verification and training time.
+compare closed-set accuracy, open-set verification, calibration, identification and training
+time.
 
 Data: identities are split (open_set_split) into training identities and held-out ones that
 the network never sees. A fifth of each training identity's samples is held back for the
 closed-set accuracy; verification trials (cosine scores) are drawn among the held-out
-identities. Each of ``--num-seeds`` seeds draws its own data, split, trials and initial
-weights, and trains every loss on them; the table gives each metric's mean ± sample std over
-the seeds and marks the differences from softmax larger than the seed-to-seed spread
-(seed_spread). The figures show the first seed. Writes results.json, report.html and the PNGs
-into ``--out``.
+identities, which also give the calibration and the identification (compare_held_out). Each
+of ``--num-seeds`` seeds draws its own data, split, trials and initial weights, and trains
+every loss on them; the tables give each metric's mean ± sample std over the seeds and mark
+the differences from softmax larger than the seed-to-seed spread, and those whose bootstrap
+interval over the held-out identities excludes 0 (seed_spread). The figures show the first
+seed. Writes results.json, report.html and the PNGs into ``--out``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .. import __version__, data, metrics, scoring
 from ..atomic_files import atomic_write_text
 from ..registry import DEFAULT_LOSSES, build_head, head_parameters
 from ..train_config import TrainConfig
+from . import compare_held_out as held_out
 from .common import (
     SEED_MAX,
     CliError,
@@ -57,7 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train one network per loss on embedded data and compare them",
         description="Train the same small network with each loss on embedded data (no "
         "download) and compare closed-set accuracy, open-set verification (EER, minDCF, "
-        "TAR@FAR) and training time. Writes results.json, report.html and PNGs into --out.",
+        "TAR@FAR, with bootstrap intervals), calibration (Cllr, actDCF), identification "
+        "(rank-1, TPIR) and training time. Writes results.json, report.html and PNGs into "
+        "--out.",
     )
     p.add_argument("--out", help="output folder (default: runs/compare-<date>-<time>)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
@@ -81,7 +86,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="synthetic samples per identity (default 12)")
     p.add_argument("--trials", type=positive_int, default=20000,
                    help="verification trials, half targets (default 20000)")
-    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="threads of torch and of the bootstrap (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -97,7 +103,8 @@ def seed_list(first: int, count: int) -> list[int]:
 @dataclass(frozen=True)
 class Split:
     """One seed's draw: training rows, the closed-set test rows (classes of the training
-    set), and the held-out identities with their verification trials."""
+    set), and the held-out identities with their verification trials, the trials that fit
+    and judge the calibration, and the gallery rows (compare_held_out)."""
 
     x_train: np.ndarray  # (N_train, D)
     y_train: np.ndarray  # (N_train,) in [0, K)
@@ -107,19 +114,25 @@ class Split:
     held_out_labels: np.ndarray  # (N_held,) identities never trained on
     trials: tuple[np.ndarray, np.ndarray, np.ndarray]  # i (T,), j (T,) rows of held_out; target
     num_classes: int  # K
+    dev_trials: np.ndarray  # (T,) bool: both sides development identities
+    eval_trials: np.ndarray  # (T,) bool: both sides evaluation identities
+    gallery: np.ndarray  # (N_held,) bool: enrolled rows; the others are probes
 
 
 def draw_split(x: np.ndarray, y: np.ndarray, trials: int, seed: int) -> Split:
     """Split features x (N, D) and labels y (N,) by identity (HELD_OUT_FRACTION held out),
-    hold back TEST_FRACTION of each training identity, draw the trials."""
+    hold back TEST_FRACTION of each training identity, draw the trials, the calibration's
+    halves and the gallery."""
     split = data.open_set_split(x, y, HELD_OUT_FRACTION, seed=seed)
     test = closed_set_mask(split.train_labels, TEST_FRACTION, seed)
+    held = split.held_out_labels
+    i, j, target = data.verification_trials(held, trials, seed=seed)
     return Split(
         split.train_features[~test], split.train_labels[~test],
         split.train_features[test], split.train_labels[test],
-        split.held_out_features, split.held_out_labels,
-        data.verification_trials(split.held_out_labels, trials, seed=seed),
+        split.held_out_features, held, (i, j, target),
         int(split.train_labels.max()) + 1,
+        *held_out.calibration_trials(held, i, j, seed), held_out.gallery_rows(held, seed),
     )
 
 
@@ -180,7 +193,7 @@ def train_one(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, config:
 
 def score_loss(name: str, split: Split, config: TrainConfig, progress: bool, desc: str):
     """Train loss ``name`` on the split and measure it: (metrics, the trials' cosine scores
-    (T,), the trained head)."""
+    (T,), the evaluation trials' calibrated LLRs (T_eval,) or None, the trained head)."""
     import torch
 
     from ..training import embed
@@ -190,20 +203,66 @@ def score_loss(name: str, split: Split, config: TrainConfig, progress: bool, des
     with torch.no_grad():
         logits = head.logits(torch.as_tensor(embed(model, split.x_test)))  # (N_test, K)
     i, j, target = split.trials
-    scores = scoring.pair_cosines(embed(model, split.held_out), i, j)  # (T,)
+    emb = embed(model, split.held_out)  # (N_held, D)
+    scores = scoring.pair_cosines(emb, i, j)  # (T,)
+    calibrated, llr = held_out.calibrate(scores, target, split.dev_trials, split.eval_trials)
     measured = {
         "accuracy": metrics.accuracy(logits, split.y_test)[0],
-        **scoring.summary(scores, target, p_targets=(0.01, 0.05), fars=(1e-3,)),
+        **scoring.summary(scores, target, p_targets=held_out.P_TARGETS, fars=(1e-3,)),
+        **calibrated,
+        **held_out.identify(emb, split.held_out_labels, split.gallery),
         "train_seconds": trained.seconds,
         "final_train_loss": trained.epoch_losses[-1],
     }
-    return measured, scores, head
+    return measured, scores, llr, head
+
+
+def bootstrap(scores: np.ndarray, split: Split, seed: int, args: argparse.Namespace) -> dict:
+    """held_out.replicates of the split's trials, resampling the identity of their first side;
+    too few trials for that is an error naming --trials."""
+    i, _, target = split.trials
+    groups = split.held_out_labels[i]  # (T,)
+    try:
+        return held_out.replicates(scores, target, groups, seed, args.threads)
+    except ValueError:
+        raise CliError(f"--trials {args.trials}: too few for the bootstrap intervals; at seed "
+                       f"{seed} a resample of the trials' {np.unique(groups).size} first-side "
+                       "identities has no target or no non-target trial") from None
+
+
+def calibration_settings(split: Split) -> dict:
+    """The sizes of the calibration's halves, for results["settings"]."""
+    i, j, target = split.trials
+    labels = split.held_out_labels
+
+    def identities(trials: np.ndarray) -> int:
+        return int(np.unique(np.concatenate([labels[i[trials]], labels[j[trials]]])).size)
+
+    return {
+        "dev_identities": identities(split.dev_trials),
+        "eval_identities": identities(split.eval_trials),
+        "dev_trials": int(split.dev_trials.sum()),
+        "eval_trials": int(split.eval_trials.sum()),
+        "eval_target_trials": int(target[split.eval_trials].sum()),
+        "fit_prior": held_out.FIT_PRIOR,
+    }
+
+
+def identification_settings(split: Split) -> dict:
+    """The gallery's and the probes' sizes, for results["settings"]."""
+    labels, gallery = split.held_out_labels, split.gallery
+    enrolled = np.unique(labels[gallery])
+    mated = np.isin(labels[~gallery], enrolled)
+    return {"enrolled_identities": int(enrolled.size),
+            "identities": int(np.unique(labels).size), "gallery_samples": int(gallery.sum()),
+            "mated_probes": int(mated.sum()), "non_mated_probes": int((~mated).sum()),
+            "fpir": held_out.FPIR}
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import plots, report, seed_spread
+    from .. import ape_plot, plots, report, seed_spread
     from ..training import embed
 
     start = time.perf_counter()
@@ -216,21 +275,26 @@ def run(args: argparse.Namespace) -> int:
 
     digits = data.digits() if args.dataset == "digits" else None  # loaded once, split per seed
     per_seed: dict[str, list[dict]] = {name: [] for name in losses}
-    curves, trials = {}, {}  # of the first seed, for the figures
+    replicates: seed_spread.Replicates = {name: [] for name in losses}
+    curves, trials, llrs = {}, {}, {}  # of the first seed, for the figures
     for seed in seeds:
         x, y = digits if digits is not None else data.synthetic_identities(
             args.identities, args.samples_per_identity, SYNTHETIC_DIM, seed=seed)
         split = draw_split(x, y, args.trials, seed)
         # CPU: compare has no --device yet, and it reads the trained heads' weights on the CPU
         config = TrainConfig(epochs=args.epochs, seed=seed, device="cpu")
+        target = split.trials[2]
         for name in losses:
-            measured, scores, head = score_loss(name, split, config, progress,
-                                                desc=f"{name} seed {seed}")
+            measured, scores, llr, head = score_loss(name, split, config, progress,
+                                                     desc=f"{name} seed {seed}")
             per_seed[name].append({"seed": seed, **measured})
+            replicates[name].append(bootstrap(scores, split, seed, args))
             if seed == seeds[0]:
                 margin = margin_of(head)
                 curves[name if margin is None else curve_label(name, margin)] = margin
-                trials[name] = (scores, split.trials[2])
+                trials[name] = (scores, target)
+                if llr is not None:
+                    llrs[name] = (llr, target[split.eval_trials])
         if seed == seeds[0]:
             first = split
 
@@ -246,13 +310,15 @@ def run(args: argparse.Namespace) -> int:
         circle[name] = (embed(model_2d, x_2d), y_2d, centres)
 
     baseline = "softmax" if "softmax" in losses else losses[0]
-    target = first.trials[2]
+    i, _, target = first.trials
     results: dict = {
-        "losses": {name: seed_spread.summarise(runs) for name, runs in per_seed.items()},
+        "losses": {name: seed_spread.summarise(runs, replicates[name])
+                   for name, runs in per_seed.items()},
         "differences": {
             "baseline": baseline,
             "test": seed_spread.RULE,
-            "losses": seed_spread.differences(per_seed, baseline, report.COMPARED),
+            "ci_test": seed_spread.CI_RULE,
+            "losses": seed_spread.differences(per_seed, baseline, report.COMPARED, replicates),
         },
         "settings": {
             "dataset": args.dataset,
@@ -269,6 +335,11 @@ def run(args: argparse.Namespace) -> int:
             "held_out_samples": int(first.held_out_labels.size),
             "trials": int(target.size),
             "target_trials": int(target.sum()),
+            "calibration": calibration_settings(first) if llrs else None,
+            "identification": identification_settings(first),
+            "bootstrap": {"resamples": held_out.RESAMPLES, "level": seed_spread.CI_LEVEL,
+                          "by": "identity of the trial's first side",
+                          "identities": int(np.unique(first.held_out_labels[i]).size)},
             "classes_2d": classes_2d,
             "samples_2d": int(y_2d.size),
             "threads": args.threads,
@@ -288,10 +359,16 @@ def run(args: argparse.Namespace) -> int:
         plots.target_logit_curves(curves, out / "target_logit.png")
         plots.score_histograms(trials, out / "scores.png")
         plots.det_curves(trials, out / "det.png")
+        if llrs:
+            ape_plot.bayes_error_plot(
+                llrs, out / "calibration.png", p_targets=held_out.P_TARGETS,
+                styles=[plots.loss_style(losses.index(name)) for name in llrs],
+                title="Normalised Bayes error rate after calibration (lower is better)")
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
         report.write_html(out / "report.html", results, [(a, c, out / f) for f, a, c in figures])
 
-    table = report.format_table(results)
+    table = report.format_table(results) + "\n\n" + report.format_table(results,
+                                                                         report.HELD_OUT)
     print(table)
     print(textwrap.fill(report.table_note(results), max(map(len, table.splitlines()))))
     seconds = time.perf_counter() - start
