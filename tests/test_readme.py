@@ -72,14 +72,21 @@ def results_table(text: str) -> list[str]:
     return block.group(1).splitlines()
 
 
-def test_readme_table_is_mean_and_std_over_seeds_as_in_docs():
+def test_readme_tables_are_mean_and_std_over_seeds_with_both_marks_as_in_docs():
     lines = results_table(README.read_text())
-    header, _ = report.table_rows({"losses": {}})
-    assert re.split(r"  +", lines[0].strip()) == header
-    rows = lines[2:2 + len(DEFAULT_LOSSES)]
-    assert [row.split()[0] for row in rows] == list(DEFAULT_LOSSES)
-    assert all(row.count(" ± ") == len(header) - 1 for row in rows)
-    assert " ".join(lines[2 + len(DEFAULT_LOSSES):]).startswith(
-        "Mean ± sample standard deviation (ddof=1) over 3 seeds (0, 1, 2).")
+    n = len(DEFAULT_LOSSES)
+    assert lines[2 + n] == "" and max(map(len, lines)) <= 100
+    for table, columns in ((lines[:2 + n], report.COLUMNS),
+                           (lines[3 + n:5 + 2 * n], report.HELD_OUT)):
+        header, _ = report.table_rows({"losses": {}}, columns)
+        assert re.split(r"  +", table[0].strip()) == header
+        rows = table[2:]
+        assert [row.split()[0] for row in rows] == list(DEFAULT_LOSSES)
+        assert all(row.count(" ± ") == len(header) - 1 for row in rows)
+    assert "†" in " ".join(lines[:2 + n])  # the bootstrap's mark, in the first table only
+    assert "†" not in " ".join(lines[3 + n:5 + 2 * n])
+    note = " ".join(lines[5 + 2 * n:])
+    assert note.startswith("Mean ± sample standard deviation (ddof=1) over 3 seeds (0, 1, 2).")
+    assert "† (EER, minDCF): against softmax, the 95% bootstrap interval" in note
     cli = results_table((README.parent / "docs" / "cli.md").read_text())
     assert cli[:len(lines)] == lines  # one run, quoted in both places

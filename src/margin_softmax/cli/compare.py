@@ -370,7 +370,8 @@ def run(args: argparse.Namespace) -> int:
     table = report.format_table(results) + "\n\n" + report.format_table(results,
                                                                          report.HELD_OUT)
     print(table)
-    print(textwrap.fill(report.table_note(results), max(map(len, table.splitlines()))))
+    print(textwrap.fill(report.table_note(results), max(map(len, table.splitlines())),
+                        break_on_hyphens=False))  # "held-out" stays whole
     seconds = time.perf_counter() - start
     count = f"{len(losses)} loss" + ("es" if len(losses) != 1 else "")
     count += f" × {len(seeds)} seed" + ("s" if len(seeds) != 1 else "")
