@@ -8,6 +8,9 @@ median quiet step; issue 13 asks for slowdown(chunked) / slowdown(floor) <= 1.5.
 
     python -m benchmarks.under_load          # N = 512, D = 256, C = 100k, 2 threads (~1 min)
     python -m benchmarks.under_load --count  # ATen ops per step instead (no timing)
+
+Run it on a machine with nothing else running: the quiet pairs are the baseline. It prints
+the 1-minute load average taken before them, and a warning above 1.
 """
 
 from __future__ import annotations
@@ -36,15 +39,20 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--busy", type=int, default=os.cpu_count() or 1,
                         help="busy processes beside the loaded pairs (default: one per core)")
-    parser.add_argument("--pairs", type=int, default=3, help="floor/chunked pairs per phase")
+    parser.add_argument("--pairs", type=int, default=5, help="floor/chunked pairs per phase")
     parser.add_argument("--count", action="store_true",
                         help="print the ATen ops of one step of each variant and exit")
     args = parser.parse_args(argv)
-    args.size = tuple(int(v) for v in args.size.split("x"))
+    text = args.size
+    try:
+        args.size = tuple(int(v) for v in text.split("x"))
+    except ValueError:
+        args.size = ()
     if len(args.size) != 3 or min(args.size) < 1:
-        parser.error(f"--size must be NxDxC with positive integers, got {args.size}")
-    if args.pairs < 1 or args.busy < 0 or args.threads < 1:
-        parser.error("--pairs and --threads must be >= 1, --busy >= 0")
+        parser.error(f"--size must be NxDxC with positive integers, got {text!r}")
+    for name, least in (("pairs", 1), ("threads", 1), ("busy", 0)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name} must be >= {least}, got {getattr(args, name)}")
     return args
 
 
@@ -103,11 +111,13 @@ def _steps(size) -> dict:
     return steps
 
 
-def print_table(summary: dict, args) -> None:
+def print_table(summary: dict, args, load: float) -> None:
     medians, slowdown = summary["medians"], summary["slowdown"]
     n, d, c = args.size
     print(f"N={n} D={d} C={c}, float32, {args.threads} threads, forward + backward, median of "
-          f"{args.pairs} alternating pairs per phase")
+          f"{args.pairs} alternating pairs per phase; load average before: {load:.2f}")
+    if load > 1:
+        print("WARNING: other processes were running: the quiet phase was not quiet")
     print(f"{'phase':28s} {'floor s':>9s} {'chunked s':>10s} {'chunked/floor':>14s}")
     for phase, label in (("quiet", "quiet"), ("loaded", f"{args.busy} busy processes")):
         floor, chunked = medians[phase, "floor"], medians[phase, "auto"]
@@ -127,11 +137,12 @@ def main(argv=None) -> dict:
             step()  # warm-up
         print_counts(steps)
         return {}
+    load = os.getloadavg()[0]
     quiet = _pairs(steps, args.pairs)
     with busy_processes(args.busy):
         loaded = _pairs(steps, args.pairs)
     summary = summarize(quiet, loaded)
-    print_table(summary, args)
+    print_table(summary, args, load)
     return summary
 
 
