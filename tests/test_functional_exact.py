@@ -234,3 +234,9 @@ def test_impl_chunked_runs_the_chunked_path_and_eager_does_not(monkeypatch):
         F.softmax_cross_entropy(X, W, Y, impl=impl)
     assert ran == ["chunked_margin_cross_entropy", "chunked_target_cross_entropy",
                    "chunked_softmax_cross_entropy"]
+
+
+def test_predict_stays_on_the_embeddings_device():
+    meta = torch.zeros(3, 2, device="meta")  # a stand-in for a GPU: no CPU tensor may mix in
+    index = F.predict(meta, torch.zeros(5, 2, device="meta"), block_size=2)
+    assert (index.device.type, index.dtype, index.shape) == ("meta", torch.int64, (3,))

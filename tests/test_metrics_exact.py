@@ -138,3 +138,30 @@ class OnDevice:
 def test_tensors_on_a_device_are_copied_to_the_cpu_first():
     assert metrics.eer(OnDevice([0.9, 0.1]), OnDevice([1, 0])) == 0.0
     assert metrics.accuracy(OnDevice([[0.2, 0.8]]), OnDevice([1])) == [1.0]
+
+
+def test_min_dcf_default_costs_are_one():
+    # one target (4) among non-targets 1, 2, 3, 5; p_target 0.25: accepting nothing costs
+    # 0.25, accepting the target with one false accept of four 0.75 * 1/4 = 0.1875: / 0.25
+    assert metrics.min_dcf([1, 5, 2, 4, 3], [0, 0, 0, 1, 0], p_target=0.25) == 0.75
+
+
+def test_kfold_accuracy_default_is_ten_folds_of_one_trial():
+    scores, labels = [0, 1, 2, 3, 4, 10, 11, 12, 13, 14], [0] * 5 + [1] * 5
+    assert metrics.kfold_accuracy(scores, labels) == (1.0, 0.0)  # each held-out trial right
+    with pytest.raises(ValueError, match=exactly("folds = 11 exceeds the 10 trials")):
+        metrics.kfold_accuracy(scores, labels, folds=11)
+
+
+def test_kfold_accuracy_accepts_a_held_out_score_equal_to_the_threshold():
+    # fold 2 is scored at (0.8 + 0.2) / 2 = 0.5, and its target scores exactly 0.5
+    assert metrics.kfold_accuracy([0.8, 0.2, 0.5, 0.4], [1, 0, 1, 0], folds=2) == (1.0, 0.0)
+
+
+def test_identification_is_looked_up_lazily():
+    from margin_softmax.identification import identification
+
+    assert metrics.identification is identification
+    with pytest.raises(AttributeError, match=exactly(
+            "module 'margin_softmax.metrics' has no attribute 'nope'")):
+        metrics.nope  # noqa: B018
