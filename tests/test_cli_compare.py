@@ -18,7 +18,7 @@ from margin_softmax.cli.main import main
 from margin_softmax.registry import DEFAULT_LOSSES
 
 TINY = ["--identities", "12", "--samples-per-identity", "6", "--epochs", "2",
-        "--epochs-2d", "2", "--trials", "200", "--quiet"]  # 3 seeds, the default
+        "--epochs-2d", "2", "--trials", "200", "--resamples", "100", "--quiet"]  # 3 seeds
 ONE_SEED = ["--num-seeds", "1"]
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("unit_circle.png", "target_logit.png", "scores.png", "det.png", "calibration.png")
@@ -144,6 +144,7 @@ def test_calibration_identification_and_intervals_are_the_librarys_on_the_same_e
     results = json.loads((out / "results.json").read_text())
     losses = list(results["losses"])
     resamples = results["settings"]["bootstrap"]["resamples"]
+    assert resamples == 100  # --resamples
     replicates = {name: [] for name in ("softmax", "arcface")}
     for s, split in enumerate(seen["splits"]):
         i, j, target = split.trials
@@ -275,7 +276,7 @@ def test_report_table_and_captions_are_this_runs(first):
     assert (f"fitted on the {halves['dev_trials']} trials among 2 of the held-out identities, "
             f"drawn on the {halves['eval_trials']} trials ({halves['eval_target_trials']} "
             "target) among the other 2") in calibrated
-    assert "Bootstrap intervals" in page.text and "1000 bootstrap resamples" in page.text
+    assert "Bootstrap intervals" in page.text and "100 bootstrap resamples" in page.text
 
 
 def test_per_sample_margins_and_sub_centres_are_named_in_the_captions(tmp_path):
@@ -364,6 +365,7 @@ def test_digits(tmp_path):
         (["--dataset", "mnist"], "argument --dataset: invalid choice"),
         (["--seed", "x"], "argument --seed: expected an integer in [0, 18446744073709551615]"),
         (["--num-seeds", "0"], "argument --num-seeds: expected a positive integer, got '0'"),
+        (["--resamples", "0"], "argument --resamples: expected a positive integer, got '0'"),
         (["--seed", str(2**64 - 2), "--num-seeds", "3"], f"--seed {2**64 - 2} with --num-seeds "
          f"3: the last seed, {2**64}, is above {2**64 - 1}"),
         (["--bogus"], "unrecognized arguments: --bogus"),

@@ -86,6 +86,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="synthetic samples per identity (default 12)")
     p.add_argument("--trials", type=positive_int, default=20000,
                    help="verification trials, half targets (default 20000)")
+    p.add_argument("--resamples", type=positive_int, default=held_out.RESAMPLES, metavar="R",
+                   help="bootstrap resamples per loss and seed for the intervals (default "
+                   f"{held_out.RESAMPLES})")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="threads of torch and of the bootstrap (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -223,7 +226,7 @@ def bootstrap(scores: np.ndarray, split: Split, seed: int, args: argparse.Namesp
     i, _, target = split.trials
     groups = split.held_out_labels[i]  # (T,)
     try:
-        return held_out.replicates(scores, target, groups, seed, args.threads)
+        return held_out.replicates(scores, target, groups, seed, args.resamples, args.threads)
     except ValueError:
         raise CliError(f"--trials {args.trials}: too few for the bootstrap intervals; at seed "
                        f"{seed} a resample of the trials' {np.unique(groups).size} first-side "
@@ -337,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
             "target_trials": int(target.sum()),
             "calibration": calibration_settings(first) if llrs else None,
             "identification": identification_settings(first),
-            "bootstrap": {"resamples": held_out.RESAMPLES, "level": seed_spread.CI_LEVEL,
+            "bootstrap": {"resamples": args.resamples, "level": seed_spread.CI_LEVEL,
                           "by": "identity of the trial's first side",
                           "identities": int(np.unique(first.held_out_labels[i]).size)},
             "classes_2d": classes_2d,

@@ -13,7 +13,7 @@ calibration, identification, and the bootstrap replicates behind the intervals.
   most H - 1) are enrolled with half of each one's samples (rounded down, at least 1) as the
   gallery; their other samples are mated probes, every sample of the other identities a
   non-mated probe. rank-1 and TPIR at FPIR = 1 % (``metrics.identification``).
-- Bootstrap: RESAMPLES replicates of EER and minDCF resampling identities, a trial's
+- Bootstrap: RESAMPLES (default) replicates of EER and minDCF resampling identities, a trial's
   identity being its first side's; seeded with the compare seed, so every loss of a seed
   gets the same resamples (paired), and the seeds' resamples are independent.
 """
@@ -92,8 +92,9 @@ def identify(embeddings: np.ndarray, labels: np.ndarray, gallery: np.ndarray) ->
 
 
 def replicates(
-    scores: np.ndarray, target: np.ndarray, groups: np.ndarray, seed: int, workers: int
+    scores: np.ndarray, target: np.ndarray, groups: np.ndarray, seed: int, resamples: int,
+    workers: int,
 ) -> dict[str, np.ndarray]:
-    """BOOTSTRAPPED metric -> (RESAMPLES,) replicates, resampling ``groups`` (T,)."""
+    """BOOTSTRAPPED metric -> (resamples,) replicates, resampling ``groups`` (T,)."""
     return bootstrap.replicates(scores, target, groups=groups, p_targets=P_TARGETS, fars=(),
-                                resamples=RESAMPLES, seed=seed, workers=workers)
+                                resamples=resamples, seed=seed, workers=workers)
