@@ -3,18 +3,18 @@ calibration, identification, and the bootstrap replicates behind the intervals.
 
 - Calibration: the held-out identities are split at random into a development half
   (round(DEV_FRACTION * H) of the H identities) and an evaluation half. A linear calibration
-  of the cosine scores (``calibration.fit`` at FIT_PRIOR = 0.5: least C_llr) is fitted on the trials
-  whose two sides are both development identities, and judged on the trials whose two sides
-  are both evaluation identities; trials across the halves are used for neither. Reported on
-  the evaluation trials: C_llr, min C_llr, actDCF, and minDCF on those same trials, so
-  actDCF - minDCF is what the calibration loses. None when a half lacks target or
-  non-target trials (fewer than 4 held-out identities, as with --dataset digits).
+  of the cosine scores (``calibration.fit`` at FIT_PRIOR = 0.5: least C_llr) is fitted on
+  the trials whose two sides are both development identities, and judged on the trials whose
+  two sides are both evaluation identities; trials across the halves are used for neither.
+  Reported on the evaluation trials: C_llr, min C_llr, actDCF, and minDCF on those same
+  trials, so actDCF - minDCF is what the calibration loses. None when a half lacks target
+  or non-target trials (fewer than 4 held-out identities, as with --dataset digits).
 - Identification: round(ENROLLED_FRACTION * H) of the held-out identities (at least 1, at
   most H - 1) are enrolled with half of each one's samples (rounded down, at least 1) as the
   gallery; their other samples are mated probes, every sample of the other identities a
   non-mated probe. rank-1 and TPIR at FPIR = 1 % (``metrics.identification``).
-- Bootstrap: RESAMPLES (default) replicates of EER and minDCF resampling identities, a trial's
-  identity being its first side's; seeded with the compare seed, so every loss of a seed
+- Bootstrap: RESAMPLES (by default) replicates of EER and minDCF resampling identities, a
+  trial's identity being its first side's; seeded with the compare seed, so every loss of a seed
   gets the same resamples (paired), and the seeds' resamples are independent.
 """
 
@@ -30,7 +30,6 @@ ENROLLED_FRACTION = 0.5  # of the held-out identities, in the gallery
 P_TARGETS = (0.01, 0.05)
 FPIR = 0.01
 RESAMPLES = 1000
-BOOTSTRAPPED = ("eer", *(f"min_dcf_{p:g}" for p in P_TARGETS))  # the keys of the intervals
 CALIBRATION_KEYS = ("cllr", "min_cllr", *(f"act_dcf_{p:g}" for p in P_TARGETS),
                     *(f"eval_min_dcf_{p:g}" for p in P_TARGETS))
 
@@ -95,6 +94,7 @@ def replicates(
     scores: np.ndarray, target: np.ndarray, groups: np.ndarray, seed: int, resamples: int,
     workers: int,
 ) -> dict[str, np.ndarray]:
-    """BOOTSTRAPPED metric -> (resamples,) replicates, resampling ``groups`` (T,)."""
+    """"eer" and "min_dcf_<p>" for each of P_TARGETS -> (resamples,) replicates, resampling
+    ``groups`` (T,)."""
     return bootstrap.replicates(scores, target, groups=groups, p_targets=P_TARGETS, fars=(),
                                 resamples=resamples, seed=seed, workers=workers)
