@@ -158,14 +158,15 @@ class DueBlock:
     """A block of rows whose exp values are known and whose gradients are due (see the module
     doc): block (a slice of the rows); tile_factor (tiles, R) or None, multiplied into each
     tile first; operand (R, D), GEMM 3's right factor (h x_hat, or x_hat); row_factor (R,)
-    or None, h for GEMM 2's result; targets (TargetCells, their A rows (M, D) in cell order
-    or None); target_dx (R, D) or None, the target cells' share of d_x."""
+    or None, h for GEMM 2's result; cells, the block's TargetCells, with their share of A
+    (M, D) in cell order (target_rows) and of d_x (R, D) (target_dx), or None."""
 
     block: slice
     tile_factor: torch.Tensor | None
     operand: torch.Tensor
     row_factor: torch.Tensor | None
-    targets: tuple
+    cells: TargetCells
+    target_rows: torch.Tensor | None
     target_dx: torch.Tensor | None
 
 
@@ -178,9 +179,9 @@ def _due_block(classes, rows, block, h, tile_factor, lse, coef, target_dpsi, gra
         h = None
     x = rows.x[block]
     operand = x if h is None else h[:, None] * x
-    target_dx, values = _target_gradients(classes, rows, block, lse, coef, target_dpsi, grads,
-                                           cells, gap)
-    return DueBlock(block, tile_factor, operand, h, (cells, values), target_dx)
+    target_dx, target_rows = _target_gradients(classes, rows, block, lse, coef, target_dpsi,
+                                                grads, cells, gap)
+    return DueBlock(block, tile_factor, operand, h, cells, target_rows, target_dx)
 
 
 def _tile_gradients(classes, due, ti, a, b, tile, grads, dest, first):
@@ -193,9 +194,8 @@ def _tile_gradients(classes, due, ti, a, b, tile, grads, dest, first):
         grads.d_bias[a:b] += tile.sum(1) if due.row_factor is None else tile @ due.row_factor
     tile = classes.divide_by_norm(tile, a, b).to(classes.mm)  # one cast for both GEMMs
     _mm(tile, due.operand, dest, accumulate=not first)  # GEMM 3
-    cells, values = due.targets
-    if values is not None:
-        cells.add_rows(dest, a, values)
+    if due.target_rows is not None:
+        due.cells.add_rows(dest, a, due.target_rows)
     _mm(tile.t(), classes.weights(a, b), grads.d_x[due.block])  # GEMM 2
 
 
