@@ -18,7 +18,8 @@ that the working tree's core modules are unchanged at the end. Each mutant runs 
 forked from a parent that has already imported torch, so a mutant costs its tests, not an
 interpreter start.
 
-    python scripts/mutation.py [--sample N] [--jobs J] [module.py ...]   (--sample 0: all)
+    python scripts/mutation.py [--sample N] [--jobs J] [--line L ...] [module.py ...]
+    (--sample 0: every mutant; --line: only those on line L, e.g. to rerun the survivors)
 """
 
 from __future__ import annotations
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=40,
                         help="mutants per module, evenly spread by line; 0 runs all")
     parser.add_argument("--jobs", type=int, default=2, help="mutants run at once")
+    parser.add_argument("--line", type=int, action="append", default=[],
+                        help="only the mutants on this line (repeatable), e.g. to rerun survivors")
     args = parser.parse_args(argv)
     for module in args.modules:
         if module not in TESTS:
@@ -255,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for module in args.modules or list(TESTS):
             everything = mutants_of(module)
+            if args.line:
+                everything = [m for m in everything if m.line in args.line]
             sample = systematic_sample(everything, args.sample)
+            if not sample:
+                print(f"{module}: no mutants on lines {args.line}")
+                continue
             limit = 3 * baseline(module, copies[0]) + 10
             start = time.time()
             outcome = run_mutants(sample, copies, limit)

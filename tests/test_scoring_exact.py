@@ -32,6 +32,8 @@ def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
         ("1 a b\n0 a c\n", False),  # labels first only
         ("0 1 1\n1 0 0\n", False),  # both fit, digits last: VoxCeleb
         ("1 0 Target\n0 1 nontarget\n", True),  # both fit, a word last: Kaldi
+        ("target a 1\nnontarget a c\n", False),  # words first fit, the first line both ways
+        ("1 a 0\n0 a b\n", False),  # labels first fit, the first line both ways
     ],
 )
 def test_the_order_every_line_fits(tmp_path, text, kaldi):
@@ -51,6 +53,7 @@ def test_the_order_every_line_fits(tmp_path, text, kaldi):
         ("1 c d\na b target\n", 2, "label must be target, nontarget, 1 or 0; got 'a'"),
         ("a b c\n1 c d\n", 1, "label must be target, nontarget, 1 or 0; got 'c'"),
         ("target b c\na b d\n", 2, "label must be target, nontarget, 1 or 0; got 'a'"),
+        ("1 b target\nc d e\n", 2, "label must be target, nontarget, 1 or 0; got 'e'"),
         ("a b target\na b\n", 2, "expected 3 fields 'enroll test target|nontarget', got 2"),
         ("a b target\na b nontarget\n", 2, "trial a b is labelled otherwise on line 1"),
     ],
@@ -136,10 +139,10 @@ def test_label_scores_are_float64_and_int64(tmp_path):
     [
         (lambda p: p.write_bytes(b""),
          "the file is empty (0 bytes); expected a .npy or .npz file"),
-        (lambda p: np.savez(p, embeddings=np.eye(2), names=np.array(["a"])),
+        (lambda p: np.savez(p, embeddings=np.ones((2, 3)), names=np.array(["a"])),
          "1 names for 2 embeddings"),
-        (lambda p: np.savez(p, embeddings=np.array(["a", "b"])),
-         "embeddings must be a 2-D numeric array; got shape (2,), dtype <U1"),
+        (lambda p: np.savez(p, embeddings=np.array([["a", "b"]])),
+         "embeddings must be a 2-D numeric array; got shape (1, 2), dtype <U1"),
         (lambda p: np.savez(p, embeddings=np.zeros((2, 2, 2))),
          "embeddings must be a 2-D numeric array; got shape (2, 2, 2), dtype float64"),
         (lambda p: np.savez(p, embeddings=np.array([[0.0, 1.0], [2.0, np.inf]])),
@@ -191,26 +194,51 @@ def test_a_cohort_with_labels_is_the_mean_of_each_speaker(tmp_path):
     assert scoring.read_cohort(tmp_path / "c.npz").tolist() == [[3.0, 2.0], [0.5, 2.5]]
     np.save(tmp_path / "c.npy", np.eye(2))
     assert scoring.read_cohort(tmp_path / "c.npy").tolist() == [[1.0, 0.0], [0.0, 1.0]]
-    np.savez(tmp_path / "d.npz", embeddings=np.eye(2), labels=np.array([0, 1, 1]))
+    np.savez(tmp_path / "d.npz", embeddings=np.ones((2, 3)), labels=np.array([0, 1, 1]))
     with pytest.raises(scoring.ScoreFileError, match=exactly(
             f"{tmp_path / 'd.npz'}: labels has shape (3,); expected (2,), one per embedding")):
         scoring.read_cohort(tmp_path / "d.npz")
+    np.save(tmp_path / "n.npy", np.array([[1.0], [np.nan]]))
+    with pytest.raises(scoring.ScoreFileError, match=exactly(
+            f"{tmp_path / 'n.npy'}: row 1 is not finite")):
+        scoring.read_cohort(tmp_path / "n.npy")
 
 
-def test_write_scores_makes_the_folder_and_writes_kaldi_lines(tmp_path):
+def test_write_scores_makes_the_folders_and_writes_kaldi_lines(tmp_path):
     trials = scoring.read_trials(write(tmp_path, "a b target\nc d nontarget\n", "t"))
-    scoring.write_scores(tmp_path / "new" / "s", trials, np.array([0.1, -2.0]))
-    assert (tmp_path / "new" / "s").read_text() == "a b 0.1\nc d -2.0\n"
+    path = tmp_path / "new" / "deeper" / "s"
+    scoring.write_scores(path, trials, np.array([0.1, -2.0]))
+    assert path.read_text() == "a b 0.1\nc d -2.0\n"
+    with pytest.raises(ValueError):  # one score short: nothing written, the old file kept
+        scoring.write_scores(path, trials, np.array([0.5]))
+    assert path.read_text() == "a b 0.1\nc d -2.0\n"
+
+
+def test_pair_cosines_gathers_blocks_of_trials(monkeypatch):
+    rows = []
+    einsum = np.einsum
+
+    def counted(subscripts, a, b):
+        rows.append(len(a))
+        return einsum(subscripts, a, b)
+
+    monkeypatch.setattr(scoring, "PAIR_BLOCK", 3)
+    monkeypatch.setattr(np, "einsum", counted)
+    i = np.zeros(8, dtype=np.int64)
+    assert scoring.pair_cosines(np.ones((1, 2)), i, i).tolist() == pytest.approx([1.0] * 8)
+    assert rows == [3, 3, 2]
 
 
 def test_summary_keys_and_the_first_p_target_is_min_dcf():
-    scores, labels = np.array([0.9, 0.8, 0.3, 0.7, 0.1]), np.array([1, 1, 1, 0, 0])
-    out = scoring.summary(scores, labels, p_targets=(0.5, 0.01), fars=(0.5, 0.25))
-    assert list(out) == ["eer", "min_dcf", "min_dcf_0.5", "min_dcf_0.01", "tar_at_far_5e-1",
+    # one target (4) among non-targets 1, 2, 3, 5: accepting it costs one false accept of 4
+    scores, labels = np.array([1, 5, 2, 4, 3]), np.array([0, 0, 0, 1, 0])
+    out = scoring.summary(scores, labels, p_targets=(0.25, 0.01), fars=(0.2, 0.25))
+    assert list(out) == ["eer", "min_dcf", "min_dcf_0.25", "min_dcf_0.01", "tar_at_far_2e-1",
                          "tar_at_far_2.5e-1"]
-    # p = 0.5: threshold 0.8 misses 1/3, no false accepts: (0.5/3) / 0.5 = 1/3
-    assert out["min_dcf"] == out["min_dcf_0.5"] == pytest.approx(1 / 3)
-    assert out["tar_at_far_5e-1"] == 1.0 and out["tar_at_far_2.5e-1"] == pytest.approx(2 / 3)
+    assert out["eer"] == 0.25  # from (FAR, FRR) = (1/4, 1) at 5 to (1/4, 0) at 4
+    # p = 0.25: 0.75 * 1/4 / 0.25 beats accepting nothing (1); p = 0.01: nothing is best
+    assert (out["min_dcf"], out["min_dcf_0.25"], out["min_dcf_0.01"]) == (0.75, 0.75, 1.0)
+    assert (out["tar_at_far_2e-1"], out["tar_at_far_2.5e-1"]) == (0.0, 1.0)
 
 
 def test_check_both_classes_names_the_missing_kind():
