@@ -3,8 +3,9 @@
 For each core module, every mutant mutmut 3 would make (its operators, its skip rules: only
 code inside functions and methods, not decorated functions or annotations) is listed in line
 order; a systematic sample of ``--sample`` of them, evenly spread, is run against the test
-files that exercise that module (``TESTS``), with ``pytest -x``. A mutant is killed when a
-test fails, errors or times out, and survives when they all pass. Survivors listed in
+files that exercise that module (``TESTS``), one file at a time with ``pytest -x`` until one
+fails. A mutant is killed when a test fails, errors or times out, and survives when they all
+pass. Survivors listed in
 tests/mutation_equivalents.txt (``file | function | before => after | why``) count as
 equivalent. Prints killed / survived per module and each survivor as file:line and the change.
 
@@ -110,9 +111,8 @@ def changed_lines(old: list[str], new: list[str]) -> tuple[str, str]:
     end = 0
     while end < min(len(old), len(new)) - start and old[-1 - end] == new[-1 - end]:
         end += 1
-    def join(lines: list[str]) -> str:
-        return " ".join(line.strip() for line in lines)
-    return join(old[start:len(old) - end]), join(new[start:len(new) - end])
+    return (" ".join(line.strip() for line in old[start:len(old) - end]),
+            " ".join(line.strip() for line in new[start:len(new) - end]))
 
 
 def systematic_sample(mutants: list[Mutant], size: int) -> list[Mutant]:
@@ -128,13 +128,15 @@ def read_equivalents(path: Path = EQUIVALENTS) -> dict[tuple[str, str, str, str]
     for number, text in enumerate(path.read_text().splitlines(), start=1):
         if not text.strip() or text.startswith("#"):
             continue
-        module, function, rest = (part.strip() for part in text.split(" | ", 2))
+        module, _, rest = text.partition(" | ")
+        function, _, rest = rest.partition(" | ")
         change, _, why = rest.rpartition(" | ")
         before, arrow, after = change.partition(" => ")
         if not (arrow and why.strip()):
             raise SystemExit(f"{path}:{number}: expected 'file | function | before => after "
                              f"| why', got {text!r}")
-        equivalents[(module, function, before.strip(), after.strip())] = why.strip()
+        key = (module.strip(), function.strip(), before.strip(), after.strip())
+        equivalents[key] = why.strip()
     return equivalents
 
 
