@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import bootstrap, calibration, metrics
+from .. import bootstrap, metrics
 
 DEV_FRACTION = 0.5  # of the held-out identities, to fit the calibration
 FIT_PRIOR = 0.5  # the calibration's effective prior: 0.5 minimises C_llr itself
@@ -71,6 +71,8 @@ def calibrate(
     """The calibration metrics (CALIBRATION_KEYS) of scores (T,) with labels target (T,),
     fitted on the ``dev`` trials and judged on the ``evaluation`` ones, and the evaluation
     trials' LLRs; every value None (and no LLRs) when a half lacks a class."""
+    from .. import calibration  # scikit-learn (the cli extra): not at parser time
+
     if not (_both_classes(target[dev]) and _both_classes(target[evaluation])):
         return dict.fromkeys(CALIBRATION_KEYS), None
     fitted = calibration.fit(scores[dev], target[dev], p_target=FIT_PRIOR)
