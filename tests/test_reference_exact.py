@@ -148,3 +148,68 @@ def test_margin_losses_name_soft_rows_exactly():
     with pytest.raises(ValueError, match=exactly(
             "margin losses need one target class per sample: y has soft rows")):
         R.am_softmax_loss(np.eye(2), np.eye(2), np.full((2, 2), 0.5))
+
+
+def test_soft_label_gradient_is_exact_for_rows_as_given():
+    # a row summing to 1 + 5e-6 passes the check; dL/dZ = (P rowsum(Y) - Y) / N for it too
+    Y = np.array([[0.5, 0.500005]])
+    loss, dZ = R.softmax_loss(np.zeros((1, 2)), Y)
+    assert loss == pytest.approx(1.000005 * math.log(2), rel=1e-14)
+    np.testing.assert_allclose(dZ, [[0.5 * 1.000005 - 0.5, 0.5 * 1.000005 - 0.500005]],
+                               rtol=1e-9)
+
+
+def test_cosface_and_arcface_with_m2_one_radian():
+    c = np.array([-0.5, 0.0, 0.5])
+    psi, dpsi = R.psi_combined(c, m3=0.25)
+    assert psi.tolist() == [-0.75, -0.25, 0.25] and dpsi.tolist() == [1.0, 1.0, 1.0]
+    psi, dpsi = R.psi_combined(c, m2=1.0)  # cos(theta + 1) = c cos 1 - sqrt(1 - c^2) sin 1
+    np.testing.assert_allclose(psi, c * math.cos(1) - np.sqrt(1 - c**2) * math.sin(1),
+                               rtol=1e-14)
+    np.testing.assert_allclose(dpsi, math.cos(1) + math.sin(1) * c / np.sqrt(1 - c**2),
+                               rtol=1e-12)
+
+
+def test_psi_prime_is_finite_at_minus_one():
+    theta = math.acos(-1 + R.COS_EPS)
+    _, dpsi = R.psi_combined(np.array([-1.0]), m2=0.5)
+    np.testing.assert_allclose(dpsi, [math.sin(theta + 0.5) / math.sin(theta)], rtol=1e-6)
+
+
+def one_sample(c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x = (2, 0) of class 0, whose centre is at cosine c; class 1's at cosine 0."""
+    return np.array([[2.0, 0.0]]), np.array([[c, math.sqrt(1 - c * c)], [0.0, 1.0]]), np.array([0])
+
+
+def loss_by_hand(r: float, psi: float) -> float:
+    return math.log1p(math.exp(-r * psi))  # logits (r psi, 0) with the target first
+
+
+SEED_C = -0.99  # theta + 0.2 > pi: ArcFace's seed fallback applies
+
+
+@pytest.mark.parametrize(
+    "loss, c, r, psi",
+    [
+        (lambda X, W, y: R.normface_loss(X, W, y), 0.6, 30, 0.6),
+        (lambda X, W, y: R.am_softmax_loss(X, W, y), 0.6, 30, 0.6 - 0.35),
+        (lambda X, W, y: R.aam_softmax_loss(X, W, y), 0.6, 30, math.cos(math.acos(0.6) + 0.2)),
+        (lambda X, W, y: R.aam_softmax_loss(X, W, y), SEED_C, 30,
+         SEED_C - 0.2 * math.sin(0.2)),
+        (lambda X, W, y: R.sphereface_loss(X, W, y), 0.6, 30,  # 4 theta in [pi, 2 pi): k = 1
+         -math.cos(4 * math.acos(0.6)) - 2),
+        (lambda X, W, y: R.sphereface_loss(X, W, y, m=2, s=3, blend=1, scale_by_norm=True),
+         0.6, 3 * 2, (0.6 + math.cos(2 * math.acos(0.6))) / 2),
+        (lambda X, W, y: R.margin_softmax_loss(X, W, y, 30, m2=0.2), SEED_C, 30,
+         math.cos(math.acos(SEED_C) + 0.2)),  # fallback "none" by default, blend 0
+        (lambda X, W, y: R.margin_softmax_loss(X, W, y, 30, m2=0.2, fallback="seed"), SEED_C,
+         30, SEED_C - 0.2 * math.sin(0.2)),
+        (lambda X, W, y: R.combined_margin_loss(X, W, y, 30, 1, 0.2, 0.1), SEED_C, 30,
+         math.cos(math.acos(SEED_C) + 0.2) - 0.1),
+        (lambda X, W, y: R.combined_margin_loss(X, W, y, 30, 1, 0.2, 0.1, "continuous"),
+         SEED_C, 30, SEED_C - math.cos(math.pi - 0.2) - 1 - 0.1),
+    ],
+)
+def test_each_loss_with_its_defaults_by_hand(loss, c, r, psi):
+    X, W, y = one_sample(c)
+    assert loss(X, W, y)[0] == pytest.approx(loss_by_hand(r, psi), rel=1e-12)
