@@ -101,13 +101,16 @@ def test_an_empty_batch_is_a_zero_loss_with_zero_gradients(reduction, shape):
     w = W.clone().requires_grad_()
     target = torch.zeros(0, dtype=torch.float64, requires_grad=True)
     labels = torch.zeros(0, dtype=torch.long)
-    for loss in (F.margin_cross_entropy(x, w, labels, scale=2.0, reduction=reduction),
-                 F.target_cross_entropy(x, w, labels, target, scale=2.0, reduction=reduction),
-                 F.softmax_cross_entropy(x, w, labels, reduction=reduction)):
+    for loss, inputs in (
+        (F.margin_cross_entropy(x, w, labels, scale=2.0, reduction=reduction), (x, w)),
+        (F.target_cross_entropy(x, w, labels, target, scale=2.0, reduction=reduction),
+         (x, w, target)),
+        (F.softmax_cross_entropy(x, w, labels, reduction=reduction), (x, w)),
+    ):
         assert loss.shape == shape and loss.dtype == torch.float64
         assert loss.sum().item() == 0.0
-    loss.sum().backward()
-    assert w.grad is not None and not w.grad.any()
+        grads = torch.autograd.grad(loss.sum(), inputs)  # raises where one is not in the graph
+        assert all(g.shape == t.shape and not g.any() for g, t in zip(grads, inputs, strict=True))
 
 
 def test_resolve_impl_picks_chunked_above_the_crossover():
@@ -167,16 +170,19 @@ def test_non_target_row_param_shape_and_triton_are_named_exactly():
                                impl="triton", non_target=f)
 
 
-@pytest.mark.parametrize("impl", ["eager", "chunked"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_a_non_finite_weight_is_named(impl):
     w = W.clone()
     w[1, 0] = math.nan
-    with pytest.raises(ValueError, match=exactly(
-            "weight contains non-finite values (e.g. nan); check the inputs")):
+    message = exactly("weight contains non-finite values (e.g. nan); check the inputs")
+    with pytest.raises(ValueError, match=message):
         F.margin_cross_entropy(X, w, Y, scale=1.0, impl=impl)
-    with pytest.raises(ValueError, match=exactly(
-            "weight contains non-finite values (e.g. nan); check the inputs")):
-        F.softmax_cross_entropy(X, w, Y, impl=impl)
+    with pytest.raises(ValueError, match=message):
+        F.target_cross_entropy(X, w, Y, torch.zeros(2, dtype=torch.float64), scale=1.0,
+                               impl=impl)
+    if impl != "triton":
+        with pytest.raises(ValueError, match=message):
+            F.softmax_cross_entropy(X, w, Y, impl=impl)
 
 
 def test_margin_logits_and_cosines_by_hand():
@@ -210,33 +216,123 @@ def test_autocast_returns_float32():
     assert loss.item() == pytest.approx(sum(by_hand(2.0, 0.5, R - 0.5)) / 2, rel=2e-2)
 
 
-def test_impl_chunked_runs_the_chunked_path_and_eager_does_not(monkeypatch):
+def spy_on_paths(monkeypatch) -> list[str]:
+    """The paths ("chunked", "triton") that each later call runs, in order."""
     import margin_softmax.chunked as chunked
+    import margin_softmax.kernels as kernels
 
     ran = []
 
-    def spy(name: str):
-        real = getattr(chunked, name)
+    def spy(module, name: str):
+        real = getattr(module, name)
 
-        def run(*args):
-            ran.append(name)
-            return real(*args)
+        def run(*args, **kwargs):
+            ran.append(name.split("_")[0])
+            return real(*args, **kwargs)
 
-        monkeypatch.setattr(chunked, name, run)
+        monkeypatch.setattr(module, name, run)
 
     for name in ("chunked_margin_cross_entropy", "chunked_target_cross_entropy",
                  "chunked_softmax_cross_entropy"):
-        spy(name)
+        spy(chunked, name)
+    for name in ("triton_margin_cross_entropy", "triton_target_cross_entropy"):
+        spy(kernels, name)
+    return ran
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_impl_runs_its_own_path(monkeypatch, impl):
+    ran = spy_on_paths(monkeypatch)
     target = torch.zeros(2, dtype=torch.float64)
-    for impl in ("eager", "chunked"):
-        F.margin_cross_entropy(X, W, Y, scale=2.0, m3=0.5, impl=impl)
-        F.target_cross_entropy(X, W, Y, target, scale=2.0, impl=impl)
+    F.margin_cross_entropy(X, W, Y, scale=2.0, m3=0.5, impl=impl)
+    F.target_cross_entropy(X, W, Y, target, scale=2.0, impl=impl)
+    if impl != "triton":
         F.softmax_cross_entropy(X, W, Y, impl=impl)
-    assert ran == ["chunked_margin_cross_entropy", "chunked_target_cross_entropy",
-                   "chunked_softmax_cross_entropy"]
+    if impl == "triton":  # the kernels' own entry points may hand parts to chunked
+        assert ran.count("triton") == 2 and ran[0] == "triton"
+    else:
+        assert ran == {"eager": [], "chunked": ["chunked"] * 3}[impl]
+
+
+def test_auto_picks_chunked_by_the_number_of_classes(monkeypatch):
+    ran = spy_on_paths(monkeypatch)
+    many = F.AUTO_CHUNK_ELEMENTS_CPU + 1  # classes for one sample: past the crossover
+    x, w, y = X[:1], torch.ones(many, 2, dtype=torch.float64), Y[:1]
+    target = torch.zeros(1, dtype=torch.float64)
+    F.margin_cross_entropy(x, w, y, scale=2.0, m3=0.5)
+    F.target_cross_entropy(x, w, y, target, scale=2.0)
+    F.softmax_cross_entropy(x, w, y)
+    assert ran == ["chunked"] * 3
+    F.margin_cross_entropy(x, w[:-1], y, scale=2.0, m3=0.5)
+    F.target_cross_entropy(x, w[:-1], y, target, scale=2.0)
+    F.softmax_cross_entropy(x, w[:-1], y)
+    assert ran == ["chunked"] * 3  # at the crossover: eager
+
+
+def test_auto_asks_for_the_kernels_only_for_margin_losses(monkeypatch):
+    import margin_softmax.kernels as kernels
+
+    monkeypatch.setattr(kernels, "auto_picks_triton", lambda tensor: True)  # a checked GPU
+    cpu = torch.zeros(1, 2)
+    assert F.resolve_impl("auto", cpu, 2) == "triton"
+    assert F.resolve_impl("auto", cpu, 2, plain=True) == "eager"
+    ran = spy_on_paths(monkeypatch)
+    many = torch.ones(F.AUTO_CHUNK_ELEMENTS_CPU + 1, 2, dtype=torch.float64)
+
+    def f(cos, param):
+        return cos, torch.ones_like(cos)
+
+    f.row_param = torch.zeros(1)
+    F.target_cross_entropy(X[:1], many, Y[:1], torch.zeros(1, dtype=torch.float64), scale=2.0,
+                           non_target=f)
+    F.softmax_cross_entropy(X[:1], many, Y[:1])
+    assert ran == ["chunked", "chunked"]
 
 
 def test_predict_stays_on_the_embeddings_device():
     meta = torch.zeros(3, 2, device="meta")  # a stand-in for a GPU: no CPU tensor may mix in
     index = F.predict(meta, torch.zeros(5, 2, device="meta"), block_size=2)
     assert (index.device.type, index.dtype, index.shape) == ("meta", torch.int64, (3,))
+
+
+@pytest.mark.parametrize("impl", ["eager", "chunked"])
+@pytest.mark.parametrize("n", [2, 0])
+def test_the_loss_comes_back_in_the_inputs_dtype_or_float32_under_autocast(impl, n):
+    x, w, y = X[:n].float(), W.float(), Y[:n]
+    target = torch.zeros(n)
+
+    def losses(x, w):
+        return [F.margin_cross_entropy(x, w, y, scale=2.0, m3=0.5, impl=impl),
+                F.target_cross_entropy(x, w, y, target.to(x.dtype), scale=2.0, impl=impl),
+                F.softmax_cross_entropy(x, w, y, impl=impl)]
+
+    assert [loss.dtype for loss in losses(x.bfloat16(), w.bfloat16())] == [torch.bfloat16] * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert [loss.dtype for loss in losses(x, w)] == [torch.float32] * 3
+
+
+def test_half_inputs_are_summed_in_float32():
+    # logits x W^T are exact in bfloat16; a bfloat16 softmax would give row 0's loss as 0
+    loss = F.softmax_cross_entropy(X.bfloat16(), W.bfloat16(), Y, reduction="none")
+    want = torch.tensor([softplus(-6.0), softplus(2.5)], dtype=torch.float64).bfloat16()
+    assert torch.equal(loss, want)
+    cos = F.target_cosines(X.half(), torch.ones(2, 2).half(), Y)  # normalised in float32
+    assert cos.dtype == torch.float32 and cos[0].item() == pytest.approx(R, abs=1e-7)
+
+
+def test_target_logits_and_bias_of_another_float_dtype_are_cast():
+    target = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    loss = F.target_cross_entropy(X.float(), W.float(), Y, target, scale=3.0, reduction="none",
+                                  impl="eager")
+    assert loss.tolist() == pytest.approx([softplus(-1.0), softplus(3.0 * R + 2.0)], abs=1e-6)
+    bias = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    loss = F.softmax_cross_entropy(X.float(), W.float(), Y, bias, reduction="none",
+                                   impl="eager")
+    assert loss.tolist() == pytest.approx([softplus(-7.5), softplus(4.0)], abs=1e-6)
+
+
+def test_half_weights_are_normalised_in_float32_and_rounded_once():
+    w = torch.tensor([[-0.751953125, -1.3017578125]])  # exact in float16
+    true = -0.751953125 / math.hypot(0.751953125, 1.3017578125)
+    cos = F.cosine_logits(torch.tensor([[1.0, 0.0]]).half(), w.half())
+    assert cos.item() == torch.tensor(true).half().item()  # -0.5, not -0.50048828125
