@@ -3,10 +3,10 @@ impl picks, and the exact message of each bad argument."""
 
 import importlib.util
 import math
-import re
 
 import pytest
 import torch
+from exact_message import exactly
 
 from margin_softmax import functional as F
 from margin_softmax.margins import Margin
@@ -21,10 +21,6 @@ R = 1 / math.sqrt(2)
 IMPLS = ["eager", "chunked", pytest.param("triton", marks=pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="needs triton"))]
 TOLERANCE = {"eager": 1e-12, "chunked": 1e-12, "triton": 1e-5}  # the kernels sum in float32
-
-
-def exactly(message: str) -> str:
-    return "^" + re.escape(message) + "$"
 
 
 def softplus(z: float) -> float:

@@ -2,16 +2,12 @@
 checks' exact messages."""
 
 import math
-import re
 
 import pytest
 import torch
+from exact_message import exactly
 
 from margin_softmax.margins import Margin, apply_margin, check_m3, clamp_eps
-
-
-def exactly(message: str) -> str:
-    return "^" + re.escape(message) + "$"
 
 
 def psi_and_grad(margin: Margin, cos: list[float]) -> tuple[list[float], list[float]]:

@@ -1,15 +1,10 @@
 """Verification metrics (metrics.py) on hand cases, and the exact message of each bad input."""
 
-import re
-
 import numpy as np
 import pytest
+from exact_message import exactly
 
 from margin_softmax import metrics
-
-
-def exactly(message: str) -> str:
-    return "^" + re.escape(message) + "$"
 
 
 def test_kfold_accuracy_where_accepting_everything_is_best_on_the_other_folds():

@@ -1,16 +1,11 @@
 """Score files (scoring.py): each reader's exact message, whose 'file:line:' is the interface,
 and the choices it makes on hand-made files."""
 
-import re
-
 import numpy as np
 import pytest
+from exact_message import exactly
 
 from margin_softmax import scoring
-
-
-def exactly(message: str) -> str:
-    return "^" + re.escape(message) + "$"
 
 
 def write(tmp_path, text: str, name: str = "f"):

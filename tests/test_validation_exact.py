@@ -2,11 +2,11 @@
 and the value, and the edges of each accepted range."""
 
 import math
-import re
 
 import numpy as np
 import pytest
 import torch
+from exact_message import exactly
 
 from margin_softmax.validation import (
     check_bias,
@@ -18,10 +18,6 @@ from margin_softmax.validation import (
     check_tensor,
     real_number,
 )
-
-
-def exactly(message: str) -> str:
-    return "^" + re.escape(message) + "$"
 
 
 def test_real_number_takes_numpy_numbers_but_not_bools_strings_or_tensors():
