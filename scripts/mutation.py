@@ -153,9 +153,24 @@ def make_copies(jobs: int) -> list[Path]:
     return copies
 
 
-def start_tests(copy: Path, module: str) -> int:
-    """Fork a child that runs the module's test files in ``copy``, each with pytest -x, until
-    one fails; its pid."""
+FAILING = "failing-without-a-mutant.txt"  # the baseline's failing tests, in each copy
+
+
+class FailedTests:
+    """A pytest plugin that collects the node ids of the tests that fail."""
+
+    def __init__(self) -> None:
+        self.node_ids: list[str] = []
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.failed:
+            self.node_ids.append(report.nodeid)
+
+
+def start_tests(copy: Path, module: str, skip: list[str], baseline: bool = False) -> int:
+    """Fork a child that runs the module's test files in ``copy`` but the tests in ``skip``,
+    each file with pytest -x until one fails; its pid. The baseline runs every test and writes
+    the failing ones to ``copy / FAILING``."""
     pid = os.fork()
     if pid:
         return pid
@@ -169,16 +184,23 @@ def start_tests(copy: Path, module: str) -> int:
         sys.path.insert(0, str(copy / "src"))
         import pytest
 
+        failed = FailedTests()
+        options = ["-q", "-p", "no:cacheprovider", *(f"--deselect={test}" for test in skip)]
         code = 0
         for name in TESTS[module]:  # one file at a time: most mutants die in the first
-            if code == 0 and (copy / "tests" / name).exists():
-                code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", f"tests/{name}"]))
+            if (copy / "tests" / name).exists() and (code == 0 or baseline):
+                tests = [f"tests/{name}", *options] + ([] if baseline else ["-x"])
+                code = int(pytest.main(tests, plugins=[failed]))
+        if baseline:
+            (copy / FAILING).write_text("".join(f"{test}\n" for test in failed.node_ids))
         os._exit(code)
     except BaseException:
         os._exit(3)
 
 
-def run_mutants(mutants: list[Mutant], copies: list[Path], limit: float) -> dict[int, str]:
+def run_mutants(
+    mutants: list[Mutant], copies: list[Path], limit: float, skip: list[str]
+) -> dict[int, str]:
     """index in ``mutants`` -> "killed", "survived" or "timeout", running len(copies) at once.
     Each copy's module is put back as it was after every mutant."""
     pending = list(range(len(mutants)))
@@ -190,7 +212,8 @@ def run_mutants(mutants: list[Mutant], copies: list[Path], limit: float) -> dict
             while pending and free:
                 index, copy = pending.pop(0), free.pop()
                 (copy / PACKAGE / mutants[index].module).write_text(mutants[index].source)
-                running[start_tests(copy, mutants[index].module)] = (index, copy, time.time())
+                pid = start_tests(copy, mutants[index].module, skip)
+                running[pid] = (index, copy, time.time())
             time.sleep(0.05)
             for pid, (index, copy, start) in list(running.items()):
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -218,14 +241,20 @@ def restore(copy: Path, module: str) -> None:
     shutil.copy2(ROOT / PACKAGE / module, copy / PACKAGE / module)
 
 
-def baseline(module: str, copy: Path) -> float:
-    """Seconds the module's tests take unmutated; exits if they do not pass."""
+def baseline(module: str, copy: Path) -> tuple[float, list[str]]:
+    """Seconds the module's tests take unmutated, and the tests that fail even so (every
+    mutant run leaves them out; they are printed, as they cannot kill a mutant)."""
+    (copy / FAILING).unlink(missing_ok=True)
     start = time.time()
-    _, status = os.waitpid(start_tests(copy, module), 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        names = " ".join(f"tests/{name}" for name in TESTS[module])
-        raise SystemExit(f"{module}: the tests fail without a mutant; run: pytest {names}")
-    return time.time() - start
+    os.waitpid(start_tests(copy, module, [], baseline=True), 0)
+    seconds = time.time() - start
+    failing = (copy / FAILING).read_text().split() if (copy / FAILING).exists() else None
+    if failing is None:
+        raise SystemExit(f"{module}: the tests did not run; try: pytest "
+                         + " ".join(f"tests/{name}" for name in TESTS[module]))
+    for test in failing:
+        print(f"{module}: {test} fails without a mutant; left out", flush=True)
+    return seconds, failing
 
 
 def fingerprint() -> dict[str, str]:
@@ -266,9 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             if not sample:
                 print(f"{module}: no mutants on lines {args.line}")
                 continue
-            limit = 3 * baseline(module, copies[0]) + 10
+            seconds, failing = baseline(module, copies[0])
             start = time.time()
-            outcome = run_mutants(sample, copies, limit)
+            outcome = run_mutants(sample, copies, 3 * seconds + 10, failing)
             survivors = [m for i, m in enumerate(sample) if outcome[i] == "survived"]
             equivalent = [m for m in survivors if m.key() in equivalents]
             killed = len(sample) - len(survivors)
