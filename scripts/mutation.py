@@ -5,7 +5,7 @@ code inside functions and methods, not decorated functions or annotations) is li
 order; a systematic sample of ``--sample`` of them, evenly spread, is run against the test
 files that exercise that module (``TESTS``), one file at a time with ``pytest -x`` until one
 fails. A mutant is killed when a test fails, errors or times out, and survives when they all
-pass. Survivors listed in
+pass; a test that fails without a mutant is named and left out. Survivors listed in
 tests/mutation_equivalents.txt (``file | function | before => after | why``) count as
 equivalent. Prints killed / survived per module and each survivor as file:line and the change.
 
