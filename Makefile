@@ -16,7 +16,7 @@ kernels:
 
 # Mutation testing of the core modules, not part of CI (scripts/mutation.py): SAMPLE mutants
 # per module (0: all), run against each module's tests; mutmut 3.8.1 supplies the mutants.
-SAMPLE ?= 40
+SAMPLE ?= 60
 mutation:
 	bash scripts/setup.sh
 	.venv/bin/pip install -q mutmut==3.8.1

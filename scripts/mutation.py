@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", metavar="module.py",
                         help=f"some of {', '.join(TESTS)} (default: all)")
-    parser.add_argument("--sample", type=int, default=40,
+    parser.add_argument("--sample", type=int, default=60,
                         help="mutants per module, evenly spread by line; 0 runs all")
     parser.add_argument("--jobs", type=int, default=2, help="mutants run at once")
     parser.add_argument("--line", type=int, action="append", default=[],
