@@ -130,3 +130,9 @@ def test_parameters_become_python_floats_and_m3_keeps_its_name():
     m2_at_edge = math.nextafter(math.pi, 0)
     assert Margin(m2=m2_at_edge).m2 == m2_at_edge
     assert Margin(m3=math.nextafter(2.0, 0)).m3 < 2
+
+
+def test_cosines_outside_plus_minus_one_are_clamped():
+    assert psi_and_grad(Margin(m3=0.25), [-1.5, 1.5]) == ([-1.25, 0.75], [1.0, 1.0])
+    arc = Margin(m2=0.5)
+    assert psi_and_grad(arc, [-1.5, 1.5]) == psi_and_grad(arc, [-1.0, 1.0])
