@@ -41,7 +41,6 @@ from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability  
 from triton.compiler import ASTSource  # noqa: E402
 
 from margin_softmax.atomic_files import atomic_write_text  # noqa: E402
-from margin_softmax.functional import NORM_EPS  # noqa: E402
 from margin_softmax.kernels import (  # noqa: E402
     backward,
     config,
@@ -51,6 +50,7 @@ from margin_softmax.kernels import (  # noqa: E402
     norms,
 )
 from margin_softmax.kernels.self_check import describe  # noqa: E402
+from margin_softmax.numerics import NORM_EPS  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FLOAT_ARGS = ("INV", "R", "M", "S", "T", "V", "LSE", "GR", "TGT")

@@ -46,6 +46,7 @@ TESTS = {
     "margins.py": ["test_margins_exact.py", "test_functional.py", "test_heads.py",
                    "test_bad_inputs.py"],
     "reference.py": ["test_reference_exact.py", "test_reference.py"],
+    "numerics.py": ["test_functional_exact.py", "test_functional.py", "test_heads.py"],
     "functional.py": ["test_functional_exact.py", "test_functional.py", "test_heads.py",
                       "test_bad_inputs.py"],
     "metrics.py": ["test_metrics_exact.py", "test_metrics.py", "test_metrics_params.py"],

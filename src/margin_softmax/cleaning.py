@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .functional import normalize
+from .numerics import normalize
 from .validation import check_embeddings, check_labels, check_positive_int, real_number
 
 

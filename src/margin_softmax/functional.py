@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .margins import Margin, apply_margin
+from .numerics import compute_dtype, normalize, reduce
 from .validation import (
     check_bias,
     check_embeddings,
@@ -34,19 +35,8 @@ from .zero_rows import zero_rows_get_no_gradient
 
 IMPLS = ("auto", "eager", "chunked", "triton")
 REDUCTIONS = ("mean", "sum", "none")
-NORM_EPS = 1e-12  # |x| below this is treated as this (x / eps): finite gradients at x = 0
 AUTO_CHUNK_ELEMENTS = 1 << 22  # N * C above which "auto" stops materialising the logits
 AUTO_CHUNK_ELEMENTS_CPU = 1 << 17  # on CPU chunked is as fast as eager from here (docs/scale.md)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """x / max(|x|, eps) row-wise; a zero row stays zero with a finite gradient."""
-    return F.normalize(x, dim=-1, eps=NORM_EPS)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Softmax and sums run in float32 for half inputs, in the input dtype otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def cosine_logits(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -156,13 +146,6 @@ def checked_loss(loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if not bool(torch.isfinite(loss).all()):
         check_finite("weight", weight)
     return loss
-
-
-def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Per-sample losses (N,) to their mean, sum, or themselves ("none")."""
-    if reduction == "mean":
-        return loss.mean()
-    return loss.sum() if reduction == "sum" else loss
 
 
 def autocast_inputs(embeddings: torch.Tensor, weight: torch.Tensor):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import compute_dtype
 from ..margins import Margin
+from ..numerics import compute_dtype
 from . import plan
 from .shard import row_scale_gradient
 from .sweeps import RowSide, fused_sweeps, gradient_sweep, lse_sweep

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import compute_dtype
+from ..numerics import compute_dtype
 from .plan import tile_bytes, tile_classes
 from .sweeps import RowSide, gradient_sweep, lse_sweep
 from .tiles import ClassTiles, matmul_dtype

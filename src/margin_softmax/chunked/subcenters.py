@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import compute_dtype
 from ..margins import Margin
+from ..numerics import compute_dtype
 from .unit_rows import unit_rows, unit_rows_backward
 
 TILE_ELEMENTS = 1 << 20  # T*K*N: elements of one (T*K, N) tile of cosines (8 MiB float32)

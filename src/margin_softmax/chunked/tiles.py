@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..functional import NORM_EPS, compute_dtype
+from ..numerics import NORM_EPS, compute_dtype
 
 FINISH_BYTES = 4 << 20  # half weights: the float32 copy of weight rows that finish makes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import NORM_EPS
+from ..numerics import NORM_EPS
 
 
 def unit_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

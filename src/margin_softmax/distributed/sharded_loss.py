@@ -31,8 +31,8 @@ import torch
 
 from ..chunked import shard_gradients, shard_logsumexp
 from ..chunked.unit_rows import unit_rows, unit_rows_backward
-from ..functional import compute_dtype
 from ..margins import Margin
+from ..numerics import compute_dtype
 from .comm import all_gather_stack, gather_rows, rank_and_world_size, reduce_scatter_rows
 from .handshake import BatchLayout
 

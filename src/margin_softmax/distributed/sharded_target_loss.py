@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..chunked.unit_rows import unit_rows, unit_rows_backward
-from ..functional import compute_dtype
+from ..numerics import compute_dtype
 from .comm import all_gather_stack
 from .shard_classes import ShardClasses
 from .sharded_loss import global_loss, returned_loss

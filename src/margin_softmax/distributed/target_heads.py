@@ -25,7 +25,7 @@ import math
 import torch
 
 from ..chunked import shard_logsumexp
-from ..functional import compute_dtype, normalize, target_cosines
+from ..functional import target_cosines
 from ..heads.adacos import AdaptiveScale
 from ..heads.adaface import AdaFaceRule
 from ..heads.curricularface import CurricularFaceRule
@@ -33,6 +33,7 @@ from ..heads.eager import ARC_FALLBACKS, check_choice, check_float, check_rule
 from ..heads.elastic import ElasticArcRule, ElasticCosRule
 from ..heads.magface import MagFaceRule
 from ..margins import Margin, apply_margin
+from ..numerics import compute_dtype, normalize
 from ..validation import check_positive_int
 from .comm import all_gather_stack
 from .replicated import gather_twice, sum_over_ranks

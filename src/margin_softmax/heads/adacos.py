@@ -15,8 +15,9 @@ import math
 
 import torch
 
-from ..functional import AUTO_CHUNK_ELEMENTS, autocast_inputs, normalize
+from ..functional import AUTO_CHUNK_ELEMENTS, autocast_inputs
 from ..margins import Margin
+from ..numerics import normalize
 from ..validation import MAX_SCALE, check_embeddings, check_labels, check_scale
 from .base import MarginHead
 from .float64_state import Float64State, state_update

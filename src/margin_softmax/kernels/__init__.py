@@ -145,7 +145,7 @@ def triton_target_cross_entropy(
 def _kernel_loss(embeddings, weight, labels, r, reduction, margin, target_logit):
     """The kernels' Function on x_hat = embeddings / |embeddings| (norms in float32, as
     eager does), per-row scale r (N,), reduced."""
-    from ..functional import normalize, reduce
+    from ..numerics import normalize, reduce
     from .function import MarginCrossEntropyRows
 
     x_hat = normalize(embeddings.float())  # (N, D)

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..functional import NORM_EPS
+from ..numerics import NORM_EPS
 from .config import autotune, dot_precision, padded_dim, upcast_dots
 from .tiles import cosine_tile, dot_acc, load_half
 

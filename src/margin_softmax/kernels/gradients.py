@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ..chunked.tiles import matmul_dtype
-from ..functional import NORM_EPS
+from ..numerics import NORM_EPS
 from .gradient_tiles import gradient_tile
 
 CHUNK_BYTES = 32 << 20  # H (N, T) of one chunk; A (T, D) float32 is as large at D = N / 2

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..functional import NORM_EPS
+from ..numerics import NORM_EPS
 
 BLOCK_R = 16
 BLOCK_D = 128
