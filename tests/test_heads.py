@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import margin_softmax as ms
 from margin_softmax import reference as R
@@ -224,13 +225,37 @@ def test_bad_embeddings():
 def test_a_weight_with_nan_or_inf_is_named_not_a_silent_nan_loss(make, impl):
     """A diverged run's weight (one NaN or inf in a row no sample targets): a ValueError that
     names the weight, from every path, instead of a NaN loss."""
-    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
-    for bad in (float("nan"), float("inf")):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 5, generator=g), torch.tensor([0, 1, 2, 3])
+    for bad in (float("nan"), float("inf"), -float("inf")):
         head = make(impl)
         with torch.no_grad():
             head.weight[-1, 2] = bad
         with pytest.raises(ValueError, match=f"weight contains non-finite.*{bad}"):
-            head(x, y)
+            head(x.clone().requires_grad_(), y)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("impl", ["eager", "chunked"])
+def test_a_weight_inf_that_gives_only_minus_inf_logits_is_named_not_a_nan_gradient(impl,
+                                                                                   reduction):
+    """Plain softmax, an inf in a weight row whose logit is -inf for every sample: the loss is
+    finite (that class has probability 0) but d_x = sum_j p_ij w_j is 0 * inf = NaN. A
+    ValueError naming the weight (was a defect: a silent NaN gradient in 1 of 16 random
+    batches). reduction "none" runs the chunked path's backward sweep; without a gradient the
+    finite loss is the right answer and comes back."""
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(1))
+    x[:, 2] = -x[:, 2].abs() - 0.1  # x_i2 < 0: logit_i8 = x_i2 * inf = -inf for every i
+    y = torch.tensor([0, 1, 2, 3])
+    w = torch.randn(9, 5, generator=torch.Generator().manual_seed(2))
+    w[-1, 2] = float("inf")
+    loss = ms.softmax_cross_entropy(x, w, y, reduction=reduction, impl=impl)
+    expected = F.cross_entropy(x @ w[:-1].t(), y, reduction=reduction)  # class 8 has p = 0
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="weight contains non-finite.*inf"):
+        out = ms.softmax_cross_entropy(x.clone().requires_grad_(), w, y, reduction=reduction,
+                                       impl=impl)
+        out.sum().backward()
 
 
 def test_labels_on_another_device_and_an_absurd_scale_are_named():

@@ -141,8 +141,9 @@ def empty_loss(reduction: str, *tensors: torch.Tensor | None) -> torch.Tensor:
 
 
 def checked_loss(loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """loss as it is, or a ValueError naming the weight when the loss is not finite because
-    the weight holds NaN or inf (a diverged run): the (C, D) weight is only scanned then."""
+    """loss (or logits, or a gradient) as it is, or a ValueError naming the weight when it is
+    not finite because the weight holds NaN or inf (a diverged run): the (C, D) weight is only
+    scanned then."""
     if not bool(torch.isfinite(loss).all()):
         check_finite("weight", weight)
     return loss
@@ -319,5 +320,7 @@ def softmax_cross_entropy(
         return checked_loss(loss, weight).to(out_dtype)
     logits = F.linear(embeddings, weight, bias)  # (N, C)
     logits = logits.to(compute_dtype(logits.dtype))
+    if embeddings.requires_grad and torch.is_grad_enabled():
+        checked_loss(logits, weight)  # a -inf logit: a finite loss, a NaN gradient (0 * inf)
     loss = F.cross_entropy(logits, labels, reduction=reduction)
     return checked_loss(loss, weight).to(out_dtype)

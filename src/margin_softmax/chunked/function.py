@@ -18,6 +18,7 @@ import torch
 
 from ..margins import Margin
 from ..numerics import compute_dtype
+from ..validation import check_finite
 from . import plan
 from .shard import row_scale_gradient
 from .sweeps import RowSide, fused_sweeps, gradient_sweep, lse_sweep
@@ -92,7 +93,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             if widths is not None:  # the gradients now, in compute dtype until backward
                 row_grad = torch.full_like(rows.target_logit, 1 / n if reduction == "mean" else 1)
                 gap, grads = fused_sweeps(classes, rows, row_grad, dpsi, widths, need_dot)
-                ctx.grads = _input_gradients(ctx, grads, rows, gap, row_grad)
+                ctx.grads = _input_gradients(ctx, grads, rows, gap, row_grad, weight)
             else:  # the gradient sweep runs in backward, with grad_output in row_grad
                 other = lse_sweep(classes, rows, with_target=False)  # (N,) without the target
                 lse, gap = torch.logaddexp(other, rows.target_logit), other - rows.target_logit
@@ -114,7 +115,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 if ctx.extra[0] == "mean":
                     row_grad = row_grad / lse.shape[0]
                 grads = gradient_sweep(classes, rows, lse, row_grad, dpsi, ctx.extra[5], gap)
-                result = _input_gradients(ctx, grads, rows, gap, row_grad)
+                result = _input_gradients(ctx, grads, rows, gap, row_grad, classes.weight)
             else:
                 if getattr(ctx, "grads", None) is None:
                     raise RuntimeError(
@@ -129,12 +130,16 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return *result, None, None, None, None, None
 
 
-def _input_gradients(ctx, grads, rows, gap, row_grad):
+def _input_gradients(ctx, grads, rows, gap, row_grad, weight):
     """(d_embeddings, d_weight, d_row_scale, d_bias, d_target_logit) in compute dtype (two
     sweeps: d_weight in the weight's); d_target_logit_i = g_i (p_it - 1),
     p_it - 1 = -sigmoid(gap_i) without cancellation."""
     _, x, x_norm, has_row_scale, bias_dtype, need_dot, target_dtype = ctx.extra
     d_x = grads.d_x if x_norm is None else unit_rows_backward(grads.d_x, x, x_norm)
+    if d_x is not None and not bool(torch.isfinite(d_x).all()):
+        # plain softmax: an inf in a weight row with x . w = -inf leaves the loss finite and
+        # d_x NaN (0 * inf); name the weight as a NaN loss would
+        check_finite("weight", weight)
     d_row_scale = None
     if has_row_scale and need_dot:
         d_row_scale = row_scale_gradient(grads.dot, rows.row_scale, row_grad)
