@@ -1,6 +1,7 @@
-"""The helpers of the sharded heads' edge tests (test_distributed_target_heads_edges.py,
-test_distributed_more_heads_edges.py): every head with a rule of its own, single-device and
-sharded, built on the same small data."""
+"""The helpers of the sharded heads' edge tests (test_distributed_heads_common.py, the cases
+all seven heads share, and test_distributed_target_heads_edges.py,
+test_distributed_more_heads_edges.py, those of some heads): every head with a rule of its own,
+single-device and sharded, built on the same small data."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Edge cases of the class-sharded CurricularFacePartialFC, AdaCosPartialFC and
-SubCenterArcFacePartialFC, as a user training them would hit them.
+SubCenterArcFacePartialFC, as a user training them would hit them. The cases that every
+sharded head with a rule of its own shares (world size 1 against the single head, bfloat16
+and autocast, margin schedules and bad margins, constructor errors, repr, checkpoints, the
+entry point's resume) are in test_distributed_heads_common.py.
 
 World size 1 (no process group) runs against the single-device heads (ms.CurricularFace,
 ms.AdaCos, ms.SubCenterArcFace without its top-k penalty), PartialFC and float64
@@ -21,7 +24,6 @@ import torch.distributed as dist
 from gloo_processes import run_ranks
 from sharded_heads import (
     DIM,
-    HEADS,
     TOL64,
     K,
     assert_states_equal,
@@ -47,67 +49,14 @@ from margin_softmax.distributed import (
     class_range,
     load_full,
     load_sharded,
-    load_state,
-    save_full,
     save_sharded,
 )
-from margin_softmax.distributed.train import main, parse_args, train
-from margin_softmax.scheduler import MarginScheduler
+from margin_softmax.distributed.train import main
 
 NAMES = ["curricularface", "adacos", "subcenter"]
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------- world size 1
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name", NAMES)
-def test_world_size_one_equals_the_single_device_head(name, dtype):
-    """train, train, eval, a no_grad training forward, train: loss, gradients, t / scale."""
-    weight = full_weight(1, 13, name)
-    ours, theirs = sharded(name, weight, dtype), single(name, weight, dtype)
-    tol = TOL64 if dtype == torch.float64 else {"atol": 1e-4, "rtol": 1e-4}
-    for k, mode in enumerate(("train", "train", "eval", "no_grad", "train")):
-        x, labels = batch(10 + k, 9, 13, dtype)
-        assert_steps_equal(step(ours, x, labels, mode), step(theirs, x, labels, mode), tol)
-    assert_states_equal(state_of(ours), state_of(theirs))
-    if name != "subcenter":  # the state moved: the comparison above could fail
-        assert state_of(ours) != {} and all(v != 0 for v in state_of(ours).values())
-
-
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name", ["curricularface", "subcenter"])
-def test_autocast_returns_the_float32_loss_of_the_single_chunked_head(name, mode):
-    weight = full_weight(3, 13, name).float()
-    ours = sharded(name, weight, torch.float32).train(mode == "train")
-    theirs = single(name, weight, torch.float32, impl="chunked").train(mode == "train")
-    for k in range(2):
-        x, labels = batch(30 + k, 9, 13, torch.float32)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            found, expected = ours(x, labels), theirs(x, labels)
-        assert found.dtype == expected.dtype == torch.float32
-        assert found.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert_states_equal(state_of(ours), state_of(theirs))
 
 
 @pytest.mark.parametrize("seed", [0, 2])
@@ -159,55 +108,6 @@ def test_adacos_scale_update_is_float32_accurate_for_bfloat16_inputs(how):
             head = sharded("adacos", weight.to(torch.bfloat16), torch.bfloat16)
             head(x.to(torch.bfloat16), labels)
         assert head.scale == pytest.approx(expected, rel=1e-5), seed
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_bfloat16_head_keeps_float64_state_and_matches_float64(name):
-    weight = full_weight(4, 13, name).to(torch.bfloat16).double()
-    ours = sharded(name, weight).to(torch.bfloat16)
-    reference = single(name, weight)
-    assert all(v.dtype == torch.float64 for v in state_of(ours).values())
-    for k in range(2):
-        x, labels = batch(40 + k, 9, 13, torch.bfloat16)
-        found, expected = step(ours, x, labels), step(reference, x.double(), labels)
-        assert found[0] == pytest.approx(expected[0], rel=1e-2)
-        for a, b in zip(found[1:], expected[1:], strict=True):
-            assert a.dtype == torch.bfloat16
-            assert (a.double() - b).abs().max() <= 5e-2 * b.abs().max()
-    assert all(v.dtype == torch.float64 for v in state_of(ours).values())
-    assert_states_equal(state_of(ours.double()), state_of(reference), {"atol": 0, "rtol": 1e-2})
-
-
-@pytest.mark.parametrize("name", ["curricularface", "subcenter"])
-def test_a_margin_scheduler_moves_the_sharded_margin_like_the_single_heads(name):
-    weight = full_weight(5, 13, name)
-    heads = [sharded(name, weight), single(name, weight)]
-    schedules = [MarginScheduler(h, iterations_per_epoch=2, increase_start_epoch=1,
-                                 fix_start_epoch=2, initial_margin=0.1, final_margin=0.35,
-                                 increase_type="linear") for h in heads]
-    for k in range(3):
-        x, labels = batch(50 + k, 9, 13)
-        margins = [s.step() for s in schedules]
-        found, expected = (step(h, x, labels)[0] for h in heads)
-        assert margins[0] == margins[1] == pytest.approx(0.1 + 0.125 * k)
-        assert found == pytest.approx(expected, rel=1e-12)
-    assert_states_equal(state_of(heads[0]), state_of(heads[1]))
-
-
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("value", [-0.1, 3.5, math.nan, math.pi])
-@pytest.mark.parametrize("name", ["curricularface", "subcenter"])
-def test_a_bad_margin_is_a_value_error_that_moves_nothing(name, value, mode):
-    head = sharded(name, full_weight(6, 13, name), sample_rate=0.5)
-    step(head, *batch(60, 9, 13))  # t and step away from their start
-    head.train(mode == "train")
-    before = {**state_of(head), "step": head.step.clone()}
-    head.margin = value  # a scheduler's or a config's value
-    with pytest.raises(ValueError, match="margin"):
-        head(*batch(61, 9, 13))
-    after = {**state_of(head), "step": head.step}
-    assert after.keys() == before.keys()
-    assert all(torch.equal(after[key], before[key]) for key in before)
 
 
 @pytest.mark.parametrize("margin", [0.5, 0.0, 2.9])
@@ -327,41 +227,6 @@ def test_curricularface_has_no_triton_path_and_any_block_size_equals_the_single_
         assert_steps_equal(step(ours, x, labels), step(theirs, x, labels), TOL64)
 
 
-BAD_ARGUMENTS = [  # (head, keywords, error, words in the message)
-    ("curricularface", {"momentum": 1.5}, ValueError, "momentum"),
-    ("curricularface", {"margin": -1.0}, ValueError, "margin"),
-    ("curricularface", {"impl": "eager"}, ValueError, "impl"),
-    ("curricularface", {"sample_rate": 0.0}, ValueError, "sample_rate"),
-    ("adacos", {"scale": 0.0}, ValueError, "scale"),
-    ("adacos", {"margin": 0.3}, TypeError, "margin"),
-    ("subcenter", {"sub_centers": 0}, ValueError, "sub_centers"),
-    ("subcenter", {"sub_centers": True}, ValueError, "sub_centers"),
-    ("subcenter", {"sub_centers": 2.0}, ValueError, "sub_centers"),
-    ("subcenter", {"fallback": "bogus"}, ValueError, "fallback"),
-    ("subcenter", {"margin": 4.0}, ValueError, "margin"),
-    ("subcenter", {"impl": "triton"}, ValueError, "no Triton path"),
-    ("subcenter", {"top_k": 2}, TypeError, "top_k"),
-    ("subcenter", {"straight_through": 1}, TypeError, "straight_through"),
-    ("subcenter", {"seed": 1.5}, TypeError, "seed"),
-]
-
-
-@pytest.mark.parametrize("name,keywords,error,words", BAD_ARGUMENTS)
-def test_the_constructor_names_a_bad_argument(name, keywords, error, words):
-    _, kind, defaults = HEADS[name]
-    with pytest.raises(error, match=words):
-        kind(DIM, 13, **{**defaults, **keywords})
-
-
-def test_repr_shows_the_block_and_the_rule_parameters():
-    text = repr(CurricularFacePartialFC(DIM, 13, margin=0.4, sample_rate=0.5))
-    assert "classes=[0, 13)" in text and "margin=0.4" in text and "momentum=0.01" in text
-    text = repr(AdaCosPartialFC(DIM, 13, scale=10.0, dynamic=False))
-    assert "scale=10.0" in text and "dynamic=False" in text
-    text = repr(SubCenterArcFacePartialFC(DIM, 13, sub_centers=4, fallback="none"))
-    assert "sub_centers=4" in text and "fallback='none'" in text
-
-
 def test_sub_centre_sampling_keeps_whole_classes_and_the_others_rows_alone():
     head = sharded("subcenter", full_weight(14, 40, "subcenter"), sample_rate=0.25)
     optimizer = sgd(head)
@@ -402,101 +267,8 @@ def test_gradient_accumulation_steps_every_sampled_sub_centre():
     assert torch.equal(moved, sampled)
 
 
-SAMPLED = {"curricularface": {"sample_rate": 0.5}, "adacos": {},
-           "subcenter": {"sample_rate": 0.5}}
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_checkpoint_with_optimizer_state_resumes_as_if_never_stopped(name, tmp_path):
-    weight = full_weight(15, 40, name)
-    steps = [batch(150 + k, 6, 40) for k in range(4)]
-
-    def run(head, optimizer, data):
-        losses = []
-        for x, labels in data:
-            optimizer.zero_grad()
-            loss = head(x, labels)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        return losses
-
-    whole = sharded(name, weight, **SAMPLED[name])
-    in_one_go = run(whole, sgd(whole), steps)
-    first = sharded(name, weight, **SAMPLED[name])
-    first_optimizer = sgd(first)
-    run(first, first_optimizer, steps[:2])
-    save_sharded(tmp_path, first, first_optimizer)
-    resumed = sharded(name, torch.zeros_like(weight), **SAMPLED[name])
-    optimizer = sgd(resumed)
-    load_sharded(tmp_path, resumed, optimizer)
-    assert run(resumed, optimizer, steps[2:]) == pytest.approx(in_one_go[2:], rel=1e-12)
-    torch.testing.assert_close(resumed.weight, whole.weight, **TOL64)
-    assert_states_equal(state_of(resumed), state_of(whole))
-    assert int(resumed.step) == int(whole.step)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_checkpoints_move_between_single_and_sharded_heads(name, tmp_path):
-    """A trained single head -> save_full (K rows per class) -> load_sharded: the next step
-    is the single head's; save_sharded -> load_full ((C K, D)) + load_state: again."""
-    weight = full_weight(16, 13, name)
-    theirs = single(name, weight)
-    for k in range(2):
-        step(theirs, *batch(160 + k, 9, 13))
-    save_full(tmp_path / "single", theirs.weight, theirs.state_dict(),
-              rows_per_class=rows_per_class(name))
-    ours = sharded(name, torch.zeros_like(weight))
-    load_sharded(tmp_path / "single", ours)
-    x, labels = batch(162, 9, 13)
-    assert_steps_equal(step(ours, x, labels), step(theirs, x, labels), TOL64)
-    save_sharded(tmp_path / "sharded", ours)
-    full = load_full(tmp_path / "sharded")
-    assert full.shape == weight.shape
-    back = single(name, torch.zeros_like(weight))
-    back.load_state_dict({"weight": full, **load_state(tmp_path / "sharded")})
-    x, labels = batch(163, 9, 13)
-    assert step(back, x, labels)[0] == pytest.approx(step(theirs, x, labels)[0], rel=1e-12)
-
-
-KINDS = [("adacos", "curricularface"), ("curricularface", "adacos"),
-         ("subcenter", "adacos"), ("subcenter", "curricularface"), ("adacos", "subcenter"),
-         ("curricularface", "subcenter")]
-
-
-@pytest.mark.parametrize("saved,loaded", KINDS)
-def test_a_checkpoint_of_another_head_kind_loads_nothing(saved, loaded, tmp_path):
-    head = sharded(saved, full_weight(17, 13, saved))
-    step(head, *batch(170, 9, 13))
-    save_sharded(tmp_path, head)
-    other = sharded(loaded, torch.zeros(13 * rows_per_class(loaded), DIM, dtype=torch.float64))
-    before = state_of(other)
-    with pytest.raises(ValueError, match="another kind of head|row\\(s\\) per class"):
-        load_sharded(tmp_path, other)
-    assert torch.count_nonzero(other.weight) == 0
-    assert all(torch.equal(v, before[k]) for k, v in state_of(other).items())
-
-
 TRAIN = ["--classes", "40", "--batch-size", "8", "--embedding-dim", "16", "--input-dim", "8",
          "--log-every", "100"]
-
-
-@pytest.mark.parametrize("loss,rate", [("curricularface", "0.5"), ("adacos", "1.0"),
-                                       ("subcenter-arcface", "0.5")])
-def test_the_training_entry_point_resumes_each_head_exactly(loss, rate, tmp_path, monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    args = [*TRAIN, "--loss", loss, "--sample-rate", rate]
-    whole = train(parse_args([*args, "--steps", "4", "--save", str(tmp_path / "whole")]))
-    train(parse_args([*args, "--steps", "2", "--save", str(tmp_path / "half")]))
-    rest = train(parse_args([*args, "--steps", "4", "--resume", str(tmp_path / "half"),
-                             "--save", str(tmp_path / "resumed")]))
-    assert all(math.isfinite(v) for v in whole) and rest == whole[2:]
-    full = load_full(tmp_path / "resumed")
-    assert torch.equal(full, load_full(tmp_path / "whole"))
-    assert full.shape == (40 * (K if loss == "subcenter-arcface" else 1), 16)
-    state, resumed = load_state(tmp_path / "whole"), load_state(tmp_path / "resumed")
-    assert state.keys() == resumed.keys()
-    assert all(torch.equal(v, resumed[k]) and v.dtype == torch.float64 for k, v in state.items())
 
 
 def test_the_entry_point_refuses_adacos_with_sampling_in_one_line(capsys, monkeypatch):
@@ -515,8 +287,6 @@ FEW = {  # few classes for 3 ranks: name -> (classes, batch size of each rank)
     "subcenter": (2, [3, 0, 3]),  # rank 1 holds no sample, rank 2 no class
     "adacos": (3, [2, 0, 3]),  # rank 1 holds no sample
 }
-
-
 
 
 def few_data(name: str):

@@ -1,5 +1,8 @@
 """Edge cases of the class-sharded per-sample heads (AdaFacePartialFC, MagFacePartialFC,
 ElasticArcFacePartialFC, ElasticCosFacePartialFC), as a user training them would hit them.
+The cases that every sharded head with a rule of its own shares (world size 1 against the
+single head, bfloat16 and autocast, margin schedules and bad margins, constructor errors,
+repr, checkpoints, the entry point's resume) are in test_distributed_heads_common.py.
 
 World size 1 (no process group) runs against the single-device heads; the multi-rank cases
 run in ONE spawn of 3 gloo ranks (module fixture) and are compared here with the
@@ -22,7 +25,6 @@ import torch.multiprocessing as mp
 from gloo_processes import free_port
 from sharded_heads import (
     DIM,
-    HEADS,
     TOL64,
     assert_states_equal,
     batch,
@@ -36,56 +38,13 @@ from sharded_heads import (
 )
 from torch import nn
 
-from margin_softmax.distributed import (
-    AdaFacePartialFC,
-    ElasticCosFacePartialFC,
-    MagFacePartialFC,
-    PartialFC,
-    class_range,
-    load_full,
-    load_sharded,
-    load_state,
-    save_full,
-    save_sharded,
-)
-from margin_softmax.distributed.train import parse_args, train
+from margin_softmax.distributed import class_range, load_sharded, save_sharded
 from margin_softmax.scheduler import MarginScheduler
 
 NAMES = ["adaface", "magface", "elastic_arc", "elastic_cos"]
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------- world size 1
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name", NAMES)
-def test_world_size_one_equals_the_single_device_head(name, dtype):
-    """train, train, eval and a no_grad training forward: loss, gradients and state."""
-    weight = full_weight(1, 13)
-    ours, theirs = sharded(name, weight, dtype), single(name, weight, dtype)
-    tol = TOL64 if dtype == torch.float64 else {"atol": 1e-4, "rtol": 1e-4}
-    for k, mode in enumerate(("train", "train", "eval", "no_grad")):
-        x, labels = batch(10 + k, 9, 13, dtype)
-        found, expected = step(ours, x, labels, mode), step(theirs, x, labels, mode)
-        assert found[0] == pytest.approx(expected[0], rel=1e-6, abs=tol["atol"]), (mode, k)
-        for a, b in zip(found[1:], expected[1:], strict=True):
-            if b is not None:
-                torch.testing.assert_close(a, b, **tol)
-    assert_states_equal(state_of(ours), state_of(theirs))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -107,87 +66,6 @@ def test_eval_and_no_grad_evaluation_leave_the_running_state_alone(name):
     assert loud.item() == pytest.approx(step(reference, x, labels, "eval")[0], rel=1e-12)
 
 
-# Was a defect (fixed): under CPU bfloat16 autocast the float32 loss is the bfloat16-rounded value
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name", NAMES)
-def test_autocast_returns_the_float32_loss_of_the_single_device_head(name, mode):
-    """docs/distributed.md "Mixed precision": the softmax, the sums and the returned loss are
-    float32, as in the single-device path. ShardedTargetCrossEntropy returns loss.to(x.dtype),
-    x already cast to bfloat16, so 62.0055 comes back as 62.0 (up to 2^-9 relative)."""
-    weight = full_weight(3, 13).float()
-    ours, theirs = sharded(name, weight, torch.float32), single(name, weight, torch.float32,
-                                                                impl="chunked")
-    x, labels = batch(30, 9, 13, torch.float32)
-    for head in (ours, theirs):
-        head.train(mode == "train")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        found, expected = ours(x, labels), theirs(x, labels)
-    assert found.dtype == expected.dtype == torch.float32
-    assert found.item() == pytest.approx(expected.item(), rel=1e-5)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_bfloat16_head_keeps_float64_state_and_matches_float64(name):
-    """A head moved with .to(torch.bfloat16): its loss and gradients against the float64
-    single head on the same (bfloat16-rounded) values, its state against the bfloat16
-    single head (the norms of bfloat16 rows), and the EMAs stay float64."""
-    weight = full_weight(4, 13).to(torch.bfloat16).double()
-    ours = sharded(name, weight).to(torch.bfloat16)
-    theirs, reference = single(name, weight).to(torch.bfloat16), single(name, weight)
-    if name == "adaface":
-        assert ours.batch_mean.dtype == ours.batch_std.dtype == torch.float64
-    for k in range(2):
-        x, labels = batch(40 + k, 9, 13, torch.bfloat16)
-        found, expected = step(ours, x, labels), step(reference, x.double(), labels)
-        step(theirs, x, labels)
-        assert found[0] == pytest.approx(expected[0], rel=1e-2)
-        for a, b in zip(found[1:], expected[1:], strict=True):
-            assert a.dtype == torch.bfloat16
-            assert (a.double() - b).abs().max() <= 4e-2 * b.abs().max()
-    assert_states_equal(state_of(ours), state_of(theirs))
-    assert_states_equal(state_of(ours.double()), state_of(theirs))  # .double() keeps them
-
-
-SCHEDULED = [("adaface", "margin"), ("magface", "l_margin"), ("magface", "u_margin"),
-             ("elastic_arc", "margin"), ("elastic_cos", "margin")]
-
-
-@pytest.mark.parametrize("name,attribute", SCHEDULED)
-def test_a_margin_scheduler_moves_the_sharded_margin_like_the_single_heads(name, attribute):
-    weight = full_weight(5, 13)
-    heads = [sharded(name, weight), single(name, weight)]
-    start = {"l_margin": 0.2, "u_margin": 0.5}.get(attribute, 0.1)
-    schedules = [MarginScheduler(h, iterations_per_epoch=2, increase_start_epoch=1,
-                                 fix_start_epoch=2, initial_margin=start,
-                                 final_margin=start + 0.25, increase_type="linear",
-                                 attribute=attribute) for h in heads]
-    for k in range(3):
-        x, labels = batch(50 + k, 9, 13)
-        margins = [s.step() for s in schedules]
-        found, expected = (step(h, x, labels)[0] for h in heads)
-        assert margins[0] == margins[1] == pytest.approx(start + 0.125 * k)
-        assert found == pytest.approx(expected, rel=1e-12)
-
-
-BAD_MARGINS = [("adaface", "margin", -0.1), ("adaface", "margin", 2.0),
-               ("magface", "u_margin", 0.2), ("magface", "l_margin", -1.0),
-               ("elastic_arc", "margin", math.nan), ("elastic_cos", "margin", 4.0)]
-
-
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name,attribute,value", BAD_MARGINS)
-def test_a_bad_scheduled_margin_is_a_value_error_naming_it(name, attribute, value, mode):
-    head = sharded(name, full_weight(6, 13)).train(mode == "train")
-    if math.isnan(value):  # the scheduler refuses NaN itself; a hand-made schedule may not
-        setattr(head, attribute, value)
-    else:
-        MarginScheduler(head, iterations_per_epoch=1, increase_start_epoch=1,
-                        fix_start_epoch=1, initial_margin=0.3, final_margin=value,
-                        attribute=attribute).step()
-    with pytest.raises(ValueError, match=attribute):
-        head(*batch(60, 9, 13))
-
-
 # Was a defect (fixed): l_margin scheduled above u_margin raises an error that names u_margin only
 def test_magface_l_margin_scheduled_above_u_margin_names_l_margin():
     head = sharded("magface", full_weight(6, 13))
@@ -195,17 +73,6 @@ def test_magface_l_margin_scheduled_above_u_margin_names_l_margin():
                     initial_margin=0.9, final_margin=0.9, attribute="l_margin")
     with pytest.raises(ValueError, match="l_margin"):
         head(*batch(61, 9, 13))
-
-
-# Was a defect (fixed): a forward that raises (a bad margin) has already moved AdaFace's EMAs and
-# `step`
-def test_a_forward_that_raises_leaves_the_running_state_alone():
-    head = sharded("adaface", full_weight(7, 13), sample_rate=0.5)
-    before = {**state_of(head), "step": head.step.clone()}
-    head.margin = -0.1  # a scheduler's bad value
-    with pytest.raises(ValueError, match="margin"):
-        head(*batch(70, 9, 13))
-    assert_states_equal({**state_of(head), "step": head.step}, before)
 
 
 @pytest.mark.parametrize("dtype,row_scale", [(torch.float64, 0.0), (torch.float32, 1e-30),
@@ -255,43 +122,6 @@ def test_an_empty_global_batch_is_a_zero_loss_that_moves_nothing(name):
     assert_states_equal({**state_of(head), "step": head.step}, before)
 
 
-BAD_ARGUMENTS = [  # (head, keywords, error, words in the message)
-    ("adaface", {"seed": 1.5}, TypeError, "seed"),
-    ("elastic_arc", {"seed": None}, TypeError, "seed"),
-    ("magface", {"bogus": 1}, TypeError, "bogus"),
-    ("adaface", {"margin": 2.0}, ValueError, "margin"),
-    ("adaface", {"t_alpha": 1.5}, ValueError, "t_alpha"),
-    ("adaface", {"h": -1.0}, ValueError, "h must"),
-    ("magface", {"u_margin": 0.2}, ValueError, "u_margin"),
-    ("magface", {"fallback": "none"}, ValueError, "fallback"),
-    ("magface", {"l_a": 0.0}, ValueError, "l_a"),
-    ("elastic_arc", {"std": -0.1}, ValueError, "std"),
-    ("elastic_arc", {"fallback": "bogus"}, ValueError, "fallback"),
-    ("elastic_cos", {"plus": 1}, TypeError, "plus"),
-    ("elastic_cos", {"plus": False, "plus_order": "official"}, ValueError, "plus_order"),
-    ("elastic_cos", {"margin": -0.2}, ValueError, "margin"),
-    ("adaface", {"sample_rate": 0.0}, ValueError, "sample_rate"),
-    ("magface", {"impl": "eager"}, ValueError, "impl"),
-    ("adaface", {"scale": 0.0}, ValueError, "scale"),
-]
-
-
-@pytest.mark.parametrize("name,keywords,error,words", BAD_ARGUMENTS)
-def test_the_constructor_names_a_bad_argument(name, keywords, error, words):
-    _, kind, defaults = HEADS[name]
-    with pytest.raises(error, match=words):
-        kind(DIM, 13, **{**defaults, **keywords})
-
-
-def test_repr_shows_the_block_and_the_rule_parameters():
-    text = repr(AdaFacePartialFC(DIM, 13, margin=0.3, sample_rate=0.5))
-    assert "classes=[0, 13)" in text and "margin=0.3" in text and "sample_rate=0.5" in text
-    assert "u_margin=0.7" in repr(MagFacePartialFC(DIM, 13, u_margin=0.7))
-    assert "plus=True" in repr(ElasticCosFacePartialFC(DIM, 13, plus=True))
-
-
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_sampled_rows_optimizer_leaves_the_rows_not_sampled_alone(name):
     head = sharded(name, full_weight(10, 40), sample_rate=0.25)
@@ -312,90 +142,6 @@ def test_sampled_rows_optimizer_leaves_the_rows_not_sampled_alone(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_a_checkpoint_with_optimizer_state_resumes_as_if_never_stopped(name, tmp_path):
-    """4 steps in one go against 2, save_sharded(dir, head, optimizer), a fresh head and
-    optimizer, load_sharded, 2 more: losses, weight and running state."""
-    weight = full_weight(11, 40)
-    steps = [batch(110 + k, 6, 40) for k in range(4)]
-
-    def run(head, optimizer, data):
-        losses = []
-        for x, labels in data:
-            optimizer.zero_grad()
-            loss = head(x, labels)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        return losses
-
-    whole = sharded(name, weight, sample_rate=0.5)
-    in_one_go = run(whole, sgd(whole), steps)
-    first = sharded(name, weight, sample_rate=0.5)
-    first_optimizer = sgd(first)
-    run(first, first_optimizer, steps[:2])
-    save_sharded(tmp_path, first, first_optimizer)
-    resumed = sharded(name, torch.zeros_like(weight), sample_rate=0.5)
-    optimizer = sgd(resumed)
-    load_sharded(tmp_path, resumed, optimizer)
-    assert run(resumed, optimizer, steps[2:]) == pytest.approx(in_one_go[2:], rel=1e-12)
-    torch.testing.assert_close(resumed.weight, whole.weight, **TOL64)
-    assert_states_equal(state_of(resumed), state_of(whole))
-
-
-ELASTIC = ("elastic_arc", "elastic_cos")
-KINDS = [(a, b) for a in NAMES for b in [*NAMES, "partial_fc"]
-         if a != b and a != "magface"  # MagFace has no running state: it loads anywhere
-         and {a, b} != set(ELASTIC)]
-
-
-def load_into_another_kind(saved: str, loaded: str, directory) -> None:
-    save_sharded(directory, sharded(saved, full_weight(12, 13)))
-    if loaded == "partial_fc":
-        head = PartialFC(DIM, 13).double()
-    else:
-        head = sharded(loaded, torch.zeros(13, DIM, dtype=torch.float64))
-    with pytest.raises(ValueError, match="another kind of head"):
-        load_sharded(directory, head)
-    assert torch.count_nonzero(head.weight) == 0 or loaded == "partial_fc"  # nothing loaded
-
-
-@pytest.mark.parametrize("saved,loaded", KINDS)
-def test_a_checkpoint_of_another_head_kind_is_refused(saved, loaded, tmp_path):
-    load_into_another_kind(saved, loaded, tmp_path)
-
-
-# Was a defect (fixed): ElasticFace-Arc and -Cos checkpoints both hold a generator: each loads
-# silently
-# into the other kind (the shard files do not record the head's kind)
-@pytest.mark.parametrize("saved,loaded", [ELASTIC, ELASTIC[::-1]])
-def test_an_elastic_checkpoint_is_refused_by_the_other_elastic_head(saved, loaded, tmp_path):
-    load_into_another_kind(saved, loaded, tmp_path)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_running_state_moves_between_single_and_sharded_heads(name, tmp_path):
-    """save_full(dir, weight, state) of a trained single head -> load_sharded: the next step
-    equals the single head's; save_sharded -> load_full + load_state: the same again."""
-    weight = full_weight(13, 13)
-    theirs = single(name, weight)
-    for k in range(2):
-        step(theirs, *batch(130 + k, 9, 13))
-    save_full(tmp_path / "single", theirs.weight, theirs.state_dict())
-    ours = sharded(name, torch.zeros_like(weight))
-    load_sharded(tmp_path / "single", ours)
-    x, labels = batch(132, 9, 13)
-    found, expected = step(ours, x, labels), step(theirs, x, labels)
-    assert found[0] == pytest.approx(expected[0], rel=1e-12)
-    torch.testing.assert_close(found[2], expected[2], **TOL64)
-    save_sharded(tmp_path / "sharded", ours)
-    back = single(name, torch.zeros_like(weight))
-    back.load_state_dict({"weight": load_full(tmp_path / "sharded"),
-                          **load_state(tmp_path / "sharded")})
-    x, labels = batch(133, 9, 13)
-    assert step(back, x, labels)[0] == pytest.approx(step(theirs, x, labels)[0], rel=1e-12)
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_a_state_dict_round_trip_continues_the_same_run(name):
     weight = full_weight(14, 13)
     ours, theirs = sharded(name, weight, sample_rate=0.5), single(name, weight)
@@ -411,35 +157,12 @@ def test_a_state_dict_round_trip_continues_the_same_run(name):
     assert_states_equal(state_of(copy), state_of(theirs))
 
 
-TRAIN = ["--classes", "40", "--batch-size", "8", "--embedding-dim", "16", "--input-dim", "8",
-         "--sample-rate", "0.5", "--log-every", "100"]
-
-
-@pytest.mark.parametrize("loss", ["adaface", "magface", "elastic-arcface", "elastic-cosface"])
-def test_the_training_entry_point_resumes_each_head_exactly(loss, tmp_path, monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    args = [*TRAIN, "--loss", loss]
-    whole = train(parse_args([*args, "--steps", "6", "--save", str(tmp_path / "whole")]))
-    train(parse_args([*args, "--steps", "3", "--save", str(tmp_path / "half")]))
-    rest = train(parse_args([*args, "--steps", "6", "--resume", str(tmp_path / "half"),
-                             "--save", str(tmp_path / "resumed")]))
-    assert all(math.isfinite(v) for v in whole) and rest == whole[3:]
-    torch.testing.assert_close(load_full(tmp_path / "resumed"), load_full(tmp_path / "whole"),
-                               rtol=0, atol=0)
-    state = load_state(tmp_path / "whole")
-    if loss == "adaface":  # the EMAs moved from their start and travel with the shards
-        assert state["batch_mean"].dtype == torch.float64 and state["batch_mean"] != 20.0
-    assert state.keys() == load_state(tmp_path / "resumed").keys()
-
-
 # ---------------------------------------------------------------- 3 gloo ranks
 
 WORLD = 3
 FEW_CLASSES = 2  # fewer classes than ranks: rank 2 owns none
 SIZES = [2, 3, 1]
 MODES = ("train", "train", "eval")
-
-
 
 
 def global_steps(name: str, num_classes: int, sizes: list[int]):
