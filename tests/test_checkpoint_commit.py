@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,6 +112,38 @@ def test_a_save_cut_at_any_byte_leaves_the_previous_save_loaded_exactly(tmp_path
     save(directory, 3)  # the next save that succeeds cleans up every cut one
     assert [p.name for p in directory.iterdir()] == [f"save-{len(budgets) + 2:06d}"]
     assert_loads(directory, 3)
+
+
+def test_a_save_cut_at_every_byte_leaves_the_previous_save_committed(tmp_path, monkeypatch):
+    """Every k from 0 to the save's size: the disk fills after k bytes of the new save. The
+    previous save stays the committed one, byte for byte, with no temporary; the cut save
+    is removed after each k (the test above checks that the next save does that itself,
+    and that the previous save then loads exactly)."""
+    total, _ = save_size(tmp_path)
+    directory = tmp_path / "ckpt"
+    save(directory, 1)
+    first = directory / "save-000001"
+    snapshot = {p.name: p.read_bytes() for p in first.iterdir()}
+    for budget in range(total + 1):
+        monkeypatch.setattr(atomic_files, "open", DiskFull(budget), raising=False)
+        try:
+            save(directory, 2)
+        except OSError as error:
+            assert "No space left" in str(error), budget
+        else:
+            assert budget == total, budget  # only the whole save fits in all of its bytes
+            break
+        finally:
+            monkeypatch.undo()
+        with pytest.warns(UserWarning, match="save-000002, never committed"):
+            assert committed_save(directory)["save"] == 1, budget
+        assert {p.name: p.read_bytes() for p in first.iterdir()} == snapshot, budget
+        for cut in directory.iterdir():
+            assert not cut.name.endswith(".tmp") and not list(cut.glob("*.tmp")), budget
+            if cut != first:
+                shutil.rmtree(cut)
+    assert committed_save(directory)["save"] == 2  # k = size: the new save is committed
+    assert_loads(directory, 2)
 
 
 def test_a_failed_rename_or_manifest_leaves_the_previous_save(tmp_path, monkeypatch):
