@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from margin_softmax import report
+from margin_softmax import captions, report
 from margin_softmax.margins import Margin
 from margin_softmax.registry import LOSSES
 
@@ -130,11 +130,11 @@ def settings(heads, calibration=None):
 
 
 def test_the_calibration_figure_comes_with_the_calibration_and_says_its_trials():
-    assert [name for name, *_ in report.figure_texts(settings(["arcface"]), {})] == [
+    assert [name for name, *_ in captions.figure_texts(settings(["arcface"]), {})] == [
         "unit_circle.png", "target_logit.png", "scores.png", "det.png"]
     calibration = {"dev_identities": 2, "eval_identities": 2, "dev_trials": 40,
                    "eval_trials": 52, "eval_target_trials": 30}
-    name, alt, caption = report.figure_texts(settings(["arcface"], calibration), {})[-1]
+    name, alt, caption = captions.figure_texts(settings(["arcface"], calibration), {})[-1]
     assert name == "calibration.png" and "Bayes error rate" in alt
     assert "fitted on the 40 trials among 2 of the held-out identities" in caption
     assert "drawn on the 52 trials (30 target) among the other 2" in caption
@@ -153,9 +153,9 @@ PARAMETERS = (("m1 multiplies", "m1", 1.0), ("m2 shifts", "m2", 0.0), ("m3 lower
 ])
 def test_captions_name_only_the_losses_that_ran(margins):
     ran = [label.split(" ")[0] for label in margins]
-    texts = report.figure_texts(settings(ran), margins)
-    captions = " ".join(caption for _, _, caption in texts)
-    named = [name for name, pattern in SPELLINGS.items() if pattern.search(captions)]
+    texts = captions.figure_texts(settings(ran), margins)
+    words = " ".join(caption for _, _, caption in texts)
+    named = [name for name, pattern in SPELLINGS.items() if pattern.search(words)]
     assert set(named) <= set(ran), named
     circle, curves = texts[0][2], texts[1][2]
     assert ("Softmax has a bias" in circle) is ("softmax" in ran)

@@ -265,7 +265,7 @@ def identification_settings(split: Split) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import ape_plot, plots, report, seed_spread
+    from .. import ape_plot, captions, plots, report, seed_spread
     from ..training import embed
 
     start = time.perf_counter()
@@ -356,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
             feature_dim=SYNTHETIC_DIM,
         )
     sub_centres = any(c.shape[0] > classes_2d for _, _, c in circle.values())
-    figures = report.figure_texts(results["settings"], curves, sub_centres)
+    figures = captions.figure_texts(results["settings"], curves, sub_centres)
     with writing("--out", out):  # each file atomically: whole and new, or as it was
         plots.unit_circle(circle, out / "unit_circle.png")
         plots.target_logit_curves(curves, out / "target_logit.png")
