@@ -13,6 +13,7 @@ marked ``# Was a defect`` failed on the code before their fix.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -134,6 +135,30 @@ def test_a_bfloat16_head_keeps_float64_state_and_matches_float64(name):
     assert_states_equal(state_of(ours), state_of(theirs), BFLOAT16_STATE[name])
     assert_states_equal(state_of(ours.double()), state_of(theirs), BFLOAT16_STATE[name])
     assert_states_equal(state_of(ours), state_of(reference), {"atol": 0, "rtol": 1e-2})
+
+
+@pytest.mark.parametrize("name", [*ALL, "partial_fc"])
+def test_a_float16_zero_embedding_gets_a_zero_gradient_not_inf(name):
+    """x / max(|x|, 1e-12) has gradient g / 1e-12 at x = 0, beyond float16's 65504: the
+    zero row's gradient is 0, every other row's matches float32's, the weight's is finite.
+    Was a defect: inf (PartialFC) or NaN (the others), as the single heads were before."""
+    weight = full_weight(6, 13, name if name != "partial_fc" else "")
+    head = (PartialFC(DIM, 13, m2=0.5) if name == "partial_fc" else sharded(name, weight))
+    if name == "partial_fc":
+        with torch.no_grad():
+            head.weight.copy_(weight)
+    x, labels = batch(60, 9, 13)
+    x[3] = 0.0
+    grads = {}
+    for dtype in (torch.float16, torch.float32):  # float32: the other rows' reference
+        _, dx, dw = step(copy.deepcopy(head).to(dtype), x.to(dtype), labels)
+        grads[dtype] = dx.double(), dw.double()
+    dx, dw = grads[torch.float16]
+    assert bool(dx.isfinite().all()) and bool(dw.isfinite().all())
+    assert not bool(dx[3].any())
+    others, exact = [0, 1, 2, 4, 5, 6, 7, 8], grads[torch.float32][0]
+    torch.testing.assert_close(dx[others], exact[others], rtol=0,
+                               atol=0.02 * float(exact.abs().max()))
 
 
 # ---------------------------------------------------------------- margins

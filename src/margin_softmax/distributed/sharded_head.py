@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..validation import check_positive_int, check_scale
+from ..zero_rows import zero_rows_get_no_gradient
 from .agreement import head_config
 from .comm import all_gather_stack, gather_rows, rank_and_world_size
 from .handshake import BatchLayout, handshake
@@ -93,6 +94,7 @@ class ShardedHead(nn.Module):
                            self.check_parameters, head_config(self, like.dtype))
         if layout.total == 0:  # no sample anywhere: a zero that keeps the graph
             return (x.sum() + self.weight.sum()) * 0
+        x = zero_rows_get_no_gradient(x)  # float16: a zero row's gradient 0, not g / eps = inf
         labels = gather_rows(local_labels.long(), layout.sizes, self.group)  # (N,)
         inside = (labels >= self.start) & (labels < self.stop)
         local_target = torch.where(inside, labels - self.start, -1)  # (N,)
