@@ -103,3 +103,20 @@ def test_kill_9_mid_write_leaves_the_old_file_and_the_next_write_removes_its_tem
     atomic_write_text(old_file, "new\n")
     assert old_file.read_text() == "new\n"
     assert list(old_file.parent.iterdir()) == [old_file]
+
+
+def test_a_probe_left_by_a_killed_process_is_removed_by_the_next_check(tmp_path):
+    """check_writable creates and removes a probe; a kill between the two left it there for
+    good (found by the before/after case run of issue 13). The next check removes a dead
+    process's probe and keeps a live one's."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = tmp_path / f".write-probe.{atomic_files._HOST}.{2**22 + 12345}.tmp"
+        alive = tmp_path / f".write-probe.{atomic_files._HOST}.{child.pid}.tmp"
+        dead.touch()
+        alive.touch()
+        atomic_files.check_writable(tmp_path)
+        assert sorted(tmp_path.iterdir()) == [alive]
+    finally:
+        child.kill()
+        child.wait(timeout=60)

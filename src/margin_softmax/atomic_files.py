@@ -10,8 +10,9 @@ rename itself survives a power cut. On an error the temporary is removed and ``p
 untouched. A kill -9 cannot run that cleanup, so every write to ``path`` first removes the
 temporaries of ``path`` left by dead processes of this host.
 
-check_writable(folder) creates and removes a probe file: the way to find a read-only or
-missing output folder before hours of work rather than after.
+check_writable(folder) creates and removes a probe file (removing dead processes' probes
+first): the way to find a read-only or missing output folder before hours of work rather
+than after.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def check_writable(folder: str | os.PathLike) -> None:
     ``folder`` (made with its parents if missing) and removed again."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".write-probe.{_HOST}.{os.getpid()}.tmp"
+    remove_stale_temporaries(folder / "write-probe")  # probes of processes killed here
+    probe = _temporary(folder / "write-probe")  # .write-probe.{host}.{pid}.tmp
     with open(probe, "wb"):
         pass
     probe.unlink()
