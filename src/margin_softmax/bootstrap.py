@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import _check_trials, _real_param
+from .metrics import _check_trials, _far, _prior, _real_param
 from .scoring import far_key
 
 
@@ -145,20 +145,6 @@ def _first(condition, end: int) -> int:
         else:
             lo = mid + 1
     return lo
-
-
-def _prior(p: Any) -> float:
-    p = _real_param("p_target", p)
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p_target must lie in (0, 1); got {p!r}")
-    return p
-
-
-def _far(f: Any) -> float:
-    f = _real_param("far", f)
-    if not 0.0 <= f <= 1.0:
-        raise ValueError(f"far must lie in [0, 1]; got {f!r}")
-    return f
 
 
 def replicates(

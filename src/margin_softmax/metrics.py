@@ -55,6 +55,31 @@ def _real_param(name: str, value: Any) -> float:
     return float(value)
 
 
+def _prior(p_target: Any) -> float:
+    """p_target as a float in (0, 1); TypeError or ValueError naming it."""
+    p = _real_param("p_target", p_target)
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p_target must lie in (0, 1); got {p!r}")
+    return p
+
+
+def _costs(c_miss: Any, c_fa: Any) -> tuple[float, float]:
+    """c_miss, c_fa as positive finite floats; TypeError or ValueError naming the bad one."""
+    costs = _real_param("c_miss", c_miss), _real_param("c_fa", c_fa)
+    for name, cost in zip(("c_miss", "c_fa"), costs, strict=True):
+        if not (math.isfinite(cost) and cost > 0):
+            raise ValueError(f"{name} must be a positive finite number; got {cost!r}")
+    return costs
+
+
+def _far(far: Any) -> float:
+    """far as a float in [0, 1]; TypeError or ValueError naming it."""
+    f = _real_param("far", far)
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"far must lie in [0, 1]; got {f!r}")
+    return f
+
+
 def _check_finite(name: str, x: np.ndarray) -> None:
     bad = ~np.isfinite(x)
     if bad.any():
@@ -190,13 +215,7 @@ def min_dcf(
     divided by  min(c_miss p_target, c_fa (1 - p_target))  (the cost of the best trivial system).
     The minimum includes accepting nothing and accepting everything. scores (n,), labels (n,).
     """
-    p_target = _real_param("p_target", p_target)
-    if not 0.0 < p_target < 1.0:
-        raise ValueError(f"p_target must lie in (0, 1); got {p_target!r}")
-    c_miss, c_fa = _real_param("c_miss", c_miss), _real_param("c_fa", c_fa)
-    for name, cost in (("c_miss", c_miss), ("c_fa", c_fa)):
-        if not (math.isfinite(cost) and cost > 0):
-            raise ValueError(f"{name} must be a positive finite number; got {cost!r}")
+    p_target, (c_miss, c_fa) = _prior(p_target), _costs(c_miss, c_fa)
     far, frr, _ = roc_points(scores, labels)
     cost = c_miss * p_target * frr + c_fa * (1.0 - p_target) * far  # (m + 1,)
     return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
@@ -208,9 +227,7 @@ def tar_at_far(scores: Any, labels: Any, far: float = 1e-3) -> float:
     scores (n,), labels (n,). Accepting nothing (TAR 0) always qualifies, so the result is in
     [0, 1]. With few non-targets FAR moves in steps of 1 / #non-targets.
     """
-    far = _real_param("far", far)
-    if not 0.0 <= far <= 1.0:
-        raise ValueError(f"far must lie in [0, 1]; got {far!r}")
+    far = _far(far)
     far_pts, frr, _ = roc_points(scores, labels)
     i = int(np.searchsorted(far_pts, far, side="right")) - 1  # last point with FAR <= far
     return float(1.0 - frr[i])

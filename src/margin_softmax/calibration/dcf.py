@@ -18,18 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import _check_trials, _real_array, _real_param, roc_points
+from ..metrics import _check_trials, _costs, _prior, _real_array, roc_points
 
 
 def _effective_log_odds(p_target: Any, c_miss: Any, c_fa: Any) -> float:
     """log(p' / (1 - p')) = log(c_miss p / (c_fa (1 - p))), the parameters checked."""
-    p = _real_param("p_target", p_target)
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p_target must lie in (0, 1); got {p_target!r}")
-    miss, fa = _real_param("c_miss", c_miss), _real_param("c_fa", c_fa)
-    for name, cost in (("c_miss", miss), ("c_fa", fa)):
-        if not (math.isfinite(cost) and cost > 0):
-            raise ValueError(f"{name} must be a positive finite number; got {cost!r}")
+    p, (miss, fa) = _prior(p_target), _costs(c_miss, c_fa)
     return math.log(miss * p) - math.log(fa * (1.0 - p))
 
 

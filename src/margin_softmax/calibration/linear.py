@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from ..metrics import _check_trials, _real_array, _real_param
+from ..metrics import _check_trials, _prior, _real_array
 
 REGULARISATION = 1e-6  # ridge strength on the standardised weights (sklearn's C = 1 / this)
 
@@ -69,9 +69,7 @@ def fit(scores: Any, labels: Any, p_target: float = 0.5) -> LinearCalibration:
     """The linear calibration (one column) or fusion (K columns) of scores (N,) or (N, K)
     that minimises the cross-entropy weighted at the effective target prior ``p_target``
     (0.5: C_llr itself); labels (N,) 1 target / 0 non-target."""
-    p = _real_param("p_target", p_target)
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p_target must lie in (0, 1); got {p_target!r}")
+    p = _prior(p_target)
     x = _columns(scores)
     _, y = _check_trials(x[:, 0], labels)
     mean, std = x.mean(axis=0), x.std(axis=0)  # (K,)
